@@ -1,0 +1,1 @@
+"""breastscreen.data"""
