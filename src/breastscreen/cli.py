@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "breastscreen.inference.cli",
     "breastscreen.training.cli",
     "breastscreen.evaluation.cli",
+    "breastscreen.ultrasound.cli",
     "breastscreen.demo",
 )
 for _name in _COMMAND_MODULES:

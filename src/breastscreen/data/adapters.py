@@ -1,0 +1,566 @@
+"""Adapters that turn public breast-imaging datasets, as distributed, into exams.
+
+Each ``adapt_<dataset>(root, ..., problems=None) -> list[Exam]`` reads the dataset's own
+tables and folder layout. Files a table names but the folder lacks are appended to
+``problems`` as ``(path, reason)`` when a list is given, otherwise they raise
+:class:`~breastscreen.errors.ManifestError`. The choices each adapter makes (exam grouping,
+label rules, side conventions) are documented in its docstring and in ``docs/data.md``.
+
+Ultrasound images whose breast side is unknown go to the view ``U-US``; as the exam model has
+per-breast labels for ``L``/``R`` only, the label of such a bag is stored as
+``exam.meta["label_U"] = {"benign": 0|1|None, "malignant": 0|1|None}``; use
+:func:`breastscreen.data.bags.breast_bags` to get (view, images, label) per breast.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from breastscreen.data.readers import raster_header
+from breastscreen.data.types import ROI, BreastLabel, Exam, ImageRef, LesionMask, Modality
+from breastscreen.errors import ImageReadError, ManifestError
+
+Problems = list[tuple[str, str]]
+
+
+def _problem(problems: Problems | None, path: str, reason: str) -> None:
+    if problems is None:
+        raise ManifestError(f"{path}: {reason}")
+    problems.append((path, reason))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise ManifestError(f"{path}: table not found")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _require(rows: list[dict[str, str]], path: Path, cols: list[str]) -> None:
+    have = set(rows[0]) if rows else set()
+    missing = [c for c in cols if c not in have]
+    if rows and missing:
+        raise ManifestError(f"{path}: missing columns {missing}; found {sorted(have)}")
+
+
+def _clip_box(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple[int, int, int, int] | None:
+    bx0, by0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    bx1, by1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+    if bx1 <= bx0 or by1 <= by0:
+        return None
+    return (bx0, by0, bx1, by1)
+
+
+# =========================================================================== mini-MIAS
+
+MIAS_SIZE = 1024
+MIAS_SPACING_MM = 0.2
+# Background tissue → BI-RADS density. MIAS has three classes, BI-RADS four: this is an
+# approximation (dense-glandular covers both heterogeneously and extremely dense breasts).
+MIAS_DENSITY = {"F": "A", "G": "B", "D": "C"}
+MIAS_KIND = {
+    "CALC": "calcification", "CIRC": "mass", "SPIC": "mass", "MISC": "mass",
+    "ARCH": "architectural distortion", "ASYM": "asymmetry",
+}
+_MIAS_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+(CALC|CIRC|SPIC|MISC|ARCH|ASYM|NORM)\b(.*)$")
+
+
+def parse_mias_info(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of mini-MIAS ``Info.txt``: ref, tissue, class, severity, x, y, radius (None when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: mini-MIAS Info.txt not found")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
+        m = _MIAS_ROW.match(line.strip())
+        if not m:
+            continue
+        ref, tissue, cls, rest = m.groups()
+        tokens = rest.split()
+        severity = tokens[0] if tokens and tokens[0] in ("B", "M") else None
+        if cls != "NORM" and severity is None:
+            raise ManifestError(f"{path}:{lineno}: abnormality {cls} without severity B/M")
+        nums = tokens[1:4]
+        x = y = r = None
+        if len(nums) == 3 and all(re.fullmatch(r"\d+(\.\d+)?", t) for t in nums):
+            x, y, r = (float(t) for t in nums)
+        rows.append({"ref": ref, "tissue": tissue, "class": cls, "severity": severity, "x": x, "y": y, "radius": r})
+    if not rows:
+        raise ManifestError(f"{path}: no mdbNNN rows found")
+    return rows
+
+
+def adapt_mini_mias(
+    root: str | os.PathLike[str],
+    masks_dir: str | os.PathLike[str] | None = None,
+    side_convention: str = "markers",
+    problems: Problems | None = None,
+) -> list[Exam]:
+    """mini-MIAS → one exam per woman (image pair), MLO views only.
+
+    Sides: ``side_convention="markers"`` (default) follows the lead film markers burned into the
+    images: odd-numbered images carry an ``L`` marker and even-numbered an ``R`` marker (all
+    marker text is mirrored, i.e. the digitised images are left-right flipped, so a left breast
+    shows its chest wall at the right image edge). ``"info"`` follows the note in Info.txt
+    (even = left, odd = right), which contradicts the markers.
+
+    Labels per breast: benign/malignant = 1 when the image has a B/M finding, else 0 (all
+    known). ROIs: circles' bounding boxes (x ± r, row = 1024 − y because Info.txt's origin is the
+    bottom-left corner), clipped to the image; findings without coordinates get no ROI and are
+    listed in the image meta. With ``masks_dir``, filled-circle masks are written there as PNG
+    and attached. Pixel spacing 0.2 mm; tissue F/G/D → density A/B/C (approximate).
+    """
+    if side_convention not in ("markers", "info"):
+        raise ValueError(f"side_convention must be 'markers' or 'info', got {side_convention!r}")
+    root = Path(root).resolve()
+    rows = parse_mias_info(root / "Info.txt")
+    img_dir = root / "images"
+    by_ref: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_ref[row["ref"]].append(row)
+    if masks_dir is not None:
+        masks_dir = Path(masks_dir).resolve()
+        masks_dir.mkdir(parents=True, exist_ok=True)
+
+    exams: dict[str, Exam] = {}
+    for ref in sorted(by_ref):
+        n = int(ref[3:])
+        odd = n % 2 == 1
+        side = ("L" if odd else "R") if side_convention == "markers" else ("R" if odd else "L")
+        pair = (n + 1) // 2
+        exam_id = f"mias{pair:03d}"
+        path = img_dir / f"{ref}.png"
+        if not path.is_file():
+            pgm = img_dir / f"{ref}.pgm"
+            path = pgm if pgm.is_file() else path
+        if not path.is_file():
+            _problem(problems, str(path), "image listed in Info.txt not found")
+            continue
+        findings = [r for r in by_ref[ref] if r["class"] != "NORM"]
+        image = ImageRef(path=str(path), pixel_spacing=(MIAS_SPACING_MM, MIAS_SPACING_MM),
+                         meta={"mias_ref": ref, "tissue": by_ref[ref][0]["tissue"]})
+        unlocated = []
+        for k, f in enumerate(findings, start=1):
+            label = "benign" if f["severity"] == "B" else "malignant"
+            kind = MIAS_KIND[f["class"]]
+            if f["x"] is None:
+                unlocated.append({"class": f["class"], "severity": f["severity"]})
+                continue
+            cx, cy, r = f["x"], MIAS_SIZE - f["y"], f["radius"]
+            box = _clip_box(cx - r, cy - r, cx + r + 1, cy + r + 1, MIAS_SIZE, MIAS_SIZE)
+            if box is None:
+                _problem(problems, str(path), f"finding {k} lies outside the image")
+                continue
+            image.rois.append(ROI(box, label, kind))
+            if masks_dir is not None:
+                mpath = masks_dir / f"{ref}_mask_{label}_{k}.png"
+                _write_circle_mask(mpath, cx, cy, r, MIAS_SIZE, MIAS_SIZE)
+                image.masks.append(LesionMask(str(mpath), label, kind))
+        if unlocated:
+            image.meta["findings_without_location"] = unlocated
+        exam = exams.setdefault(exam_id, Exam(exam_id=exam_id, modality=Modality.MG, patient_id=exam_id,
+                                              meta={"dataset": "mini-MIAS", "refs": []}))
+        exam.meta["refs"].append(ref)
+        exam.views[f"{side}-MLO"].append(image)
+        exam.labels[side] = BreastLabel(
+            int(any(f["severity"] == "B" for f in findings)), int(any(f["severity"] == "M" for f in findings))
+        )
+        density = MIAS_DENSITY[by_ref[ref][0]["tissue"]]
+        if exam.density is None or density > exam.density:
+            exam.density = density
+    return [exams[k] for k in sorted(exams)]
+
+
+def _write_circle_mask(path: Path, cx: float, cy: float, r: float, w: int, h: int) -> None:
+    from PIL import Image
+
+    from breastscreen.utils import atomic_path
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r).astype(np.uint8) * 255
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask).save(tmp, format="PNG")
+
+
+# =========================================================================== BUS-BRA
+
+
+def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None) -> list[Exam]:
+    """BUS-BRA → one ultrasound exam (bag) per patient ``Case``.
+
+    The ``Side`` column (left/right/single) and the ``-l``/``-r``/``-s`` suffixes name the panel
+    of a dual-view screen capture, not the breast: every two-image case has exactly one
+    ``l`` and one ``r`` image of the same lesion (same histology, about half the width of the
+    ``s`` captures, matching boxes). So all images of a case go to ``U-US`` with
+    ``meta["panel"]``; the bag label (biopsy-proven, one lesion per patient) is
+    ``meta["label_U"]``; exam BI-RADS = the highest image BI-RADS. Per image: BI-RADS, device,
+    histology, pathology, panel and ``fold`` (``kFold`` of ``5-fold-cv.csv``: the authors'
+    patient-disjoint folds; also ``meta["fold"]`` per exam), the lesion mask with the image's
+    pathology and the ``BBOX`` as an ROI (clipped to the real image size).
+    """
+    root = Path(root).resolve()
+    table = root / "bus_data.csv"
+    rows = _read_csv(table)
+    _require(rows, table, ["ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Side", "BBOX"])
+    folds: dict[str, int] = {}
+    fold_file = root / "5-fold-cv.csv"
+    if fold_file.is_file():
+        for r in _read_csv(fold_file):
+            if r.get("ID") and r.get("kFold"):
+                folds[r["ID"]] = int(float(r["kFold"]))
+    by_case: dict[int, list[dict[str, str]]] = defaultdict(list)
+    for i, r in enumerate(rows, start=2):
+        r["_line"] = f"{table}:{i}"
+        if r["Pathology"] not in ("benign", "malignant"):
+            raise ManifestError(f"{r['_line']}: Pathology must be benign or malignant, got {r['Pathology']!r}")
+        by_case[int(r["Case"])].append(r)
+
+    exams = []
+    for case in sorted(by_case):
+        exam = Exam(exam_id=f"busbra{case:04d}", modality=Modality.US, patient_id=str(case),
+                    meta={"dataset": "BUS-BRA", "case": case})
+        paths = set()
+        birads = []
+        for r in sorted(by_case[case], key=lambda r: r["ID"]):
+            path = root / "Images" / f"{r['ID']}.png"
+            if not path.is_file():
+                _problem(problems, str(path), f"image listed in {r['_line']} not found")
+                continue
+            try:
+                h, w, _ = raster_header(path)
+            except ImageReadError as exc:
+                _problem(problems, str(path), str(exc))
+                continue
+            label = r["Pathology"]
+            image = ImageRef(path=str(path), meta={
+                "id": r["ID"], "birads": r["BIRADS"], "device": r["Device"], "histology": r["Histology"],
+                "pathology": label, "panel": r["Side"],
+            })
+            if r["ID"] in folds:
+                image.meta["fold"] = folds[r["ID"]]
+            mask = root / "Masks" / f"mask_{r['ID'].split('_', 1)[1]}.png"
+            if mask.is_file():
+                image.masks.append(LesionMask(str(mask), label, "lesion"))
+            else:
+                _problem(problems, str(mask), f"lesion mask of {r['ID']} not found")
+            try:
+                x, y, bw, bh = (float(v) for v in ast.literal_eval(r["BBOX"]))
+            except (ValueError, SyntaxError, TypeError):
+                raise ManifestError(f"{r['_line']}: BBOX must look like [x,y,w,h], got {r['BBOX']!r}") from None
+            box = _clip_box(x, y, x + bw, y + bh, w, h)
+            if box:
+                image.rois.append(ROI(box, label, "lesion"))
+            exam.views.setdefault("U-US", []).append(image)
+            paths.add(label)
+            birads.append(r["BIRADS"])
+        if not exam.views.get("U-US"):
+            continue
+        if len(paths) > 1:
+            raise ManifestError(f"{table}: case {case} mixes benign and malignant images")
+        label = next(iter(paths))
+        exam.meta["label_U"] = {"benign": int(label == "benign"), "malignant": int(label == "malignant")}
+        fold_values = {i.meta.get("fold") for i in exam.views["U-US"]} - {None}
+        if len(fold_values) == 1:
+            exam.meta["fold"] = fold_values.pop()
+        valid = [b for b in birads if b in ("2", "3", "4", "5")]
+        if valid:
+            exam.birads = max(valid)
+        exams.append(exam)
+    return exams
+
+
+# =========================================================================== BUSI
+
+_BUSI_NAME = re.compile(r"^(?P<cls>benign|malignant|normal) \((?P<n>\d+)\)(?P<mask>_mask(?:_(?P<k>\d+))?)?$")
+
+
+def adapt_busi(root: str | os.PathLike[str], problems: Problems | None = None) -> list[Exam]:
+    """BUSI (``benign/``, ``malignant/``, ``normal/`` with ``<class> (N).png`` and masks
+    ``<class> (N)_mask.png``, ``<class> (N)_mask_1.png`` ...) → one ultrasound exam per image.
+
+    Side unknown → view ``U-US``; label ``meta["label_U"]`` from the folder (normal = 0/0).
+    Masks of benign/malignant images are attached with that label; masks of normal images
+    (empty) are not. Exam ids ``busi-<class>-<N>``.
+    """
+    root = Path(root).resolve()
+    exams = []
+    found_any = False
+    for cls in ("benign", "malignant", "normal"):
+        folder = root / cls
+        if not folder.is_dir():
+            continue
+        found_any = True
+        images: dict[int, Path] = {}
+        masks: dict[int, list[tuple[int, Path]]] = defaultdict(list)
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith(".") or not f.is_file():
+                continue
+            m = _BUSI_NAME.match(f.stem) if f.suffix.lower() == ".png" else None
+            if not m or m.group("cls") != cls:
+                _problem(problems, str(f), f"not a BUSI file name for folder {cls}/ (expected '{cls} (N).png')")
+                continue
+            n = int(m.group("n"))
+            if m.group("mask"):
+                masks[n].append((int(m.group("k") or 0), f))
+            else:
+                images[n] = f
+        for n in sorted(images):
+            image = ImageRef(path=str(images[n]), meta={"class": cls})
+            if cls != "normal":
+                image.masks = [LesionMask(str(p), cls, "lesion") for _, p in sorted(masks.get(n, []))]
+            exam = Exam(exam_id=f"busi-{cls}-{n}", modality=Modality.US, views={"U-US": [image]},
+                        meta={"dataset": "BUSI", "label_U": {"benign": int(cls == "benign"),
+                                                             "malignant": int(cls == "malignant")}})
+            exams.append(exam)
+        for n in sorted(set(masks) - set(images)):
+            for _, p in masks[n]:
+                _problem(problems, str(p), "mask without its image")
+    if not found_any:
+        raise ManifestError(f"{root}: no benign/, malignant/ or normal/ folder (BUSI layout)")
+    return exams
+
+
+# =========================================================================== CBIS-DDSM
+
+CBIS_TABLES = (
+    "mass_case_description_train_set.csv",
+    "mass_case_description_test_set.csv",
+    "calc_case_description_train_set.csv",
+    "calc_case_description_test_set.csv",
+)
+
+
+def _norm_cols(row: dict[str, str]) -> dict[str, str]:
+    return {re.sub(r"[\s_]+", "_", k.strip().lower()): v for k, v in row.items()}
+
+
+def _cbis_resolve(root: Path, rel: str, kind: str, cache: dict[str, list[Path]]) -> Path | None:
+    """Find a CBIS-DDSM file named in the tables: as written, under CBIS-DDSM/, or by its top folder."""
+    rel = rel.strip().strip('"').replace("\\", "/")
+    for base in (root, root / "CBIS-DDSM"):
+        p = base / rel
+        if p.is_file():
+            return p
+    top = rel.split("/", 1)[0]
+    if top not in cache:
+        hits: list[Path] = []
+        for base in (root, root / "CBIS-DDSM"):
+            d = base / top
+            if d.is_dir():
+                hits = sorted(q for q in d.rglob("*.dcm"))
+                break
+        cache[top] = hits
+    hits = cache[top]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1 and kind in ("mask", "crop"):
+        # TCIA downloads put the cropped image and the ROI mask in one folder: tell them apart
+        # by SeriesDescription, else by size (the mask is full-size, the crop is small).
+        from breastscreen.data.readers import read_dicom_header
+
+        for q in hits:
+            try:
+                desc = str(read_dicom_header(q).get("SeriesDescription", "")).lower()
+            except ImageReadError:
+                continue
+            if (kind == "mask" and "mask" in desc) or (kind == "crop" and "crop" in desc):
+                return q
+        sized = sorted(hits, key=lambda q: q.stat().st_size)
+        return sized[-1] if kind == "mask" else sized[0]
+    return None
+
+
+def adapt_cbis_ddsm(root: str | os.PathLike[str], problems: Problems | None = None) -> list[Exam]:
+    """CBIS-DDSM case-description CSVs + DICOM folders → one exam per ``patient_id``.
+
+    CBIS-DDSM has no study grouping, so all images of a patient form one exam (an image that
+    appears in both the mass and the calcification tables is listed once, with all its
+    abnormalities). Only breasts with an abnormality are in CBIS-DDSM: their labels are known
+    (malignant = any MALIGNANT abnormality; benign = any BENIGN or BENIGN_WITHOUT_CALLBACK);
+    the other breast has no images and unknown labels. ROI masks are attached as
+    :class:`LesionMask` pointing at the mask DICOM (``load_image`` reads it), with kind
+    ``mass``/``calcification``. Density 1-4 → A-D (highest per exam); exam BI-RADS = highest
+    assessment. Image meta lists the abnormalities; exam meta lists the splits (train/test).
+    """
+    root = Path(root).resolve()
+    tables = [root / t for t in CBIS_TABLES if (root / t).is_file()]
+    if not tables:
+        raise ManifestError(f"{root}: none of the CBIS-DDSM case-description CSVs ({', '.join(CBIS_TABLES)})")
+    cache: dict[str, list[Path]] = {}
+    images: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for table in tables:
+        split = "train" if "train" in table.name else "test"
+        for lineno, raw in enumerate(_read_csv(table), start=2):
+            row = _norm_cols(raw)
+            where = f"{table}:{lineno}"
+            need = ["patient_id", "left_or_right_breast", "image_view", "abnormality_type", "pathology",
+                    "image_file_path"]
+            missing = [c for c in need if c not in row]
+            if missing:
+                raise ManifestError(f"{where}: missing columns {missing}")
+            side = {"LEFT": "L", "RIGHT": "R"}.get(row["left_or_right_breast"].upper())
+            view = row["image_view"].upper()
+            if side is None or view not in ("CC", "MLO"):
+                _problem(problems, where, f"unknown side/view {row['left_or_right_breast']}/{row['image_view']}")
+                continue
+            pathology = row["pathology"].upper()
+            if pathology not in ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK"):
+                raise ManifestError(f"{where}: pathology must be MALIGNANT, BENIGN or BENIGN_WITHOUT_CALLBACK, "
+                                    f"got {row['pathology']!r}")
+            key = (row["patient_id"], side, view)
+            entry = images.get(key)
+            if entry is None:
+                path = _cbis_resolve(root, row["image_file_path"], "image", cache)
+                if path is None:
+                    _problem(problems, str(root / row["image_file_path"]), f"image named in {where} not found")
+                    continue
+                entry = images[key] = {"path": path, "abn": [], "splits": set(), "density": None}
+            entry["splits"].add(split)
+            kind = "calcification" if row["abnormality_type"].lower().startswith("calc") else "mass"
+            label = "malignant" if pathology == "MALIGNANT" else "benign"
+            abn = {"id": row.get("abnormality_id"), "type": kind, "pathology": pathology,
+                   "assessment": row.get("assessment"), "subtlety": row.get("subtlety")}
+            for extra in ("mass_shape", "mass_margins", "calc_type", "calc_distribution"):
+                if row.get(extra):
+                    abn[extra] = row[extra]
+            mask_rel = row.get("roi_mask_file_path")
+            if mask_rel:
+                mpath = _cbis_resolve(root, mask_rel, "mask", cache)
+                if mpath is None:
+                    _problem(problems, str(root / mask_rel), f"ROI mask named in {where} not found")
+                else:
+                    abn["mask"] = (str(mpath), label, kind)
+            entry["abn"].append(abn)
+            dens = row.get("breast_density") or row.get("breast density")
+            if dens and dens.strip() in ("1", "2", "3", "4"):
+                entry["density"] = "ABCD"[int(dens) - 1]
+
+    exams: dict[str, Exam] = {}
+    for (patient, side, view), entry in sorted(images.items(), key=lambda kv: kv[0]):
+        exam = exams.setdefault(patient, Exam(exam_id=patient, patient_id=patient, modality=Modality.MG,
+                                              meta={"dataset": "CBIS-DDSM", "splits": []}))
+        image = ImageRef(path=str(entry["path"]))
+        seen_masks = set()
+        for abn in entry["abn"]:
+            if "mask" in abn:
+                mpath, label, kind = abn.pop("mask")
+                if mpath not in seen_masks:
+                    image.masks.append(LesionMask(mpath, label, kind))
+                    seen_masks.add(mpath)
+        image.meta["abnormalities"] = [{k: v for k, v in a.items() if v not in (None, "")} for a in entry["abn"]]
+        exam.views[f"{side}-{view}"].append(image)
+        exam.meta["splits"] = sorted(set(exam.meta["splits"]) | entry["splits"])
+        old = exam.labels.get(side, BreastLabel(0, 0))
+        mal = int(old.malignant == 1 or any(a["pathology"] == "MALIGNANT" for a in entry["abn"]))
+        ben = int(old.benign == 1 or any(a["pathology"] != "MALIGNANT" for a in entry["abn"]))
+        exam.labels[side] = BreastLabel(ben, mal)
+        if entry["density"] and (exam.density is None or entry["density"] > exam.density):
+            exam.density = entry["density"]
+        for a in entry["abn"]:
+            if a.get("assessment") in ("0", "1", "2", "3", "4", "5"):
+                if exam.birads is None or a["assessment"] > exam.birads:
+                    exam.birads = a["assessment"]
+    return [exams[k] for k in sorted(exams)]
+
+
+# =========================================================================== VinDr-Mammo
+
+# Breast BI-RADS → per-breast labels. VinDr-Mammo has no pathology: only what BI-RADS itself
+# implies is set (1 negative: no finding; 2 benign finding: not malignant, but not a biopsied
+# benign lesion either); 3-5 stay unknown and the BI-RADS is kept in the meta.
+VINDR_LABELS: dict[str, tuple[int | None, int | None]] = {
+    "1": (0, 0), "2": (None, 0), "3": (None, None), "4": (None, None), "5": (None, None),
+}
+
+
+def _vindr_birads(text: str) -> str | None:
+    m = re.search(r"(\d[ABC]?)", text or "")
+    return m.group(1).upper() if m else None
+
+
+def adapt_vindr(root: str | os.PathLike[str], problems: Problems | None = None) -> list[Exam]:
+    """VinDr-Mammo → one exam per ``study_id`` (four views, images ``images/<study>/<image>.dicom``).
+
+    Labels from breast BI-RADS (see :data:`VINDR_LABELS`; no pathology exists): 1 → benign 0,
+    malignant 0; 2 → malignant 0, benign unknown; 3-5 → unknown. ``meta["breast_birads"]`` keeps
+    the per-side BI-RADS, exam BI-RADS/density = the highest of the two breasts, ``meta["split"]``
+    the dataset split. Findings (boxes with categories and finding BI-RADS) are kept in the image
+    meta as ``findings`` rather than ROIs, because an ROI needs a benign/malignant label that
+    VinDr does not give.
+    """
+    root = Path(root).resolve()
+    table = root / "breast-level_annotations.csv"
+    rows = _read_csv(table)
+    _require(rows, table, ["study_id", "image_id", "laterality", "view_position", "breast_birads", "breast_density"])
+    findings: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    ftable = root / "finding_annotations.csv"
+    if ftable.is_file():
+        for lineno, r in enumerate(_read_csv(ftable), start=2):
+            cats = r.get("finding_categories", "")
+            try:
+                cat_list = [str(c) for c in ast.literal_eval(cats)] if cats.startswith("[") else [cats]
+            except (ValueError, SyntaxError):
+                raise ManifestError(f"{ftable}:{lineno}: finding_categories must be a list, got {cats!r}") from None
+            if cat_list == ["No Finding"]:
+                continue
+            f: dict[str, Any] = {"categories": cat_list}
+            b = _vindr_birads(r.get("finding_birads", ""))
+            if b:
+                f["birads"] = b
+            coords = [r.get(k, "") for k in ("xmin", "ymin", "xmax", "ymax")]
+            if all(c and c.lower() != "nan" for c in coords):  # global findings have no box
+                try:
+                    f["box"] = [int(round(float(c))) for c in coords]
+                except ValueError:
+                    raise ManifestError(f"{ftable}:{lineno}: box coordinates must be numbers, got {coords}") from None
+            findings[r["image_id"]].append(f)
+
+    exams: dict[str, Exam] = {}
+    for lineno, r in enumerate(rows, start=2):
+        where = f"{table}:{lineno}"
+        side = r["laterality"].upper()
+        view = r["view_position"].upper()
+        if side not in ("L", "R") or view not in ("CC", "MLO"):
+            _problem(problems, where, f"unsupported laterality/view {r['laterality']}/{r['view_position']}")
+            continue
+        path = root / "images" / r["study_id"] / f"{r['image_id']}.dicom"
+        if not path.is_file():
+            _problem(problems, str(path), f"image named in {where} not found")
+            continue
+        exam = exams.setdefault(r["study_id"], Exam(exam_id=r["study_id"], modality=Modality.MG,
+                                                    meta={"dataset": "VinDr-Mammo", "breast_birads": {}}))
+        if r.get("split"):
+            exam.meta["split"] = r["split"]
+        image = ImageRef(path=str(path), meta={"image_id": r["image_id"]})
+        if r.get("series_id"):
+            image.meta["series_id"] = r["series_id"]
+        if findings.get(r["image_id"]):
+            image.meta["findings"] = findings[r["image_id"]]
+        exam.views[f"{side}-{view}"].append(image)
+        birads = _vindr_birads(r["breast_birads"])
+        if birads in VINDR_LABELS:
+            exam.meta["breast_birads"][side] = birads
+            exam.labels[side] = BreastLabel(*VINDR_LABELS[birads])
+            if exam.birads is None or birads > exam.birads:
+                exam.birads = birads
+        dm = re.search(r"([ABCD])\s*$", r["breast_density"].strip().upper())
+        if dm and (exam.density is None or dm.group(1) > exam.density):
+            exam.density = dm.group(1)
+    return [exams[k] for k in sorted(exams)]
+
+
+ADAPTERS: dict[str, Callable[..., list[Exam]]] = {
+    "mini-mias": adapt_mini_mias,
+    "bus-bra": adapt_bus_bra,
+    "busi": adapt_busi,
+    "cbis-ddsm": adapt_cbis_ddsm,
+    "vindr": adapt_vindr,
+}
