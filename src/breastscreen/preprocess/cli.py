@@ -2,8 +2,72 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+
+def preprocess_command(
+    manifest: Path = typer.Argument(..., help="Exam manifest (JSON Lines) from `breastscreen manifest build`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: images/, manifest.jsonl, errors.csv."),
+    scale: float = typer.Option(
+        1.0, "--scale", help="Resolution: 1.0 = full resolution (0.1 mm pixels); 0.25 = 0.4 mm pixels."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue a previous run in --out, reusing images already done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in --out."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Parallel worker processes."),
+    keep_background: bool = typer.Option(
+        False, "--keep-background", help="Keep pixels outside the breast mask inside the crop box (labels, film edges)."
+    ),
+) -> None:
+    """Crop each mammogram to the breast, flip it so the chest wall is on the left, resample it to
+    0.1/SCALE mm pixels and place the NYU / MV-DCN model windows; crop ultrasound images to their
+    field of view (dropping nearly empty images and exact duplicates).
+
+    Writes 16-bit PNGs, breast masks, moved lesion masks, a new manifest recording the crop box,
+    flip, resample factor and windows of every image (so results map back to the original
+    pixels), and errors.csv. Exit status: 0 when every exam succeeded, 1 when some exams failed
+    (the others are still written), 2 on unusable input or when no exam succeeded.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from breastscreen.data.manifest import read_manifest
+    from breastscreen.errors import PreprocessError
+    from breastscreen.preprocess.pipeline import ERRORS_NAME, MANIFEST_NAME, preprocess_manifest
+
+    exams = read_manifest(manifest)
+    if not exams:
+        raise PreprocessError(f"{manifest}: the manifest holds no exams")
+    with Progress(
+        TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as bar:
+        task = bar.add_task("exams", total=len(exams))
+        exams_out, issues = preprocess_manifest(
+            exams,
+            out,
+            scale,
+            resume=resume,
+            overwrite=overwrite,
+            workers=workers,
+            suppress_background=not keep_background,
+            progress=lambda _o: bar.advance(task),
+        )
+    failed = sorted({row["exam_id"] for row in issues if row["status"] == "failed"})
+    excluded = sum(1 for row in issues if row["status"] == "excluded")
+    n_images = sum(len(imgs) for e in exams_out for imgs in e.views.values())
+    typer.echo(
+        f"preprocessed {len(exams_out)}/{len(exams)} exams ({n_images} images) -> {out / MANIFEST_NAME}; "
+        f"{len(failed)} failed, {excluded} images excluded (see {out / ERRORS_NAME})"
+    )
+    for row in issues:
+        if row["status"] == "failed":
+            typer.secho(f"  failed {row['exam_id']} {row['view']}: {row['reason']}", err=True, fg=typer.colors.YELLOW)
+    if not exams_out:
+        raise PreprocessError(f"no exam could be preprocessed; see {out / ERRORS_NAME}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to ``app``."""
+    app.command("preprocess")(preprocess_command)

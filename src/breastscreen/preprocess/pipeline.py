@@ -1,0 +1,331 @@
+"""Manifest-level preprocessing: load every image, preprocess it, save the outputs and a new manifest.
+
+Output folder layout (``out_dir``)::
+
+    manifest.jsonl                      exams that succeeded, pointing at the files below
+    errors.csv                          exam_id, view, path, status (failed|excluded), reason
+    images/<exam_id>_<VIEW>[_k].png             preprocessed image (16-bit PNG; 8-bit for 8-bit US)
+    images/<exam_id>_<VIEW>[_k]_breastmask.png  breast (MG) or field-of-view (US) mask, 0/255
+    images/<exam_id>_<VIEW>[_k]_mask_<label>_<i>.png  lesion masks moved into the same geometry
+
+Intensities are stored unchanged (rounded) when the loaded pixels lie in [0, 65535] — which
+is the case for 8-, 12- and 16-bit PNG and most DICOM — and ``preprocessing["intensity"]``
+is ``{"mode": "original"}``. Otherwise they are mapped linearly onto 0..65535 and the record
+holds ``{"mode": "linear", "offset": a, "scale": b}`` with ``original = stored * b + a``.
+
+One bad image makes its whole exam an error (listed in errors.csv, left out of the manifest);
+the batch always goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+from PIL import Image
+
+from breastscreen.data.manifest import read_manifest, write_manifest
+from breastscreen.data.types import ROI, Exam, ImageRef, LesionMask, Modality, view_angle, view_side
+from breastscreen.errors import BreastscreenError, PreprocessError
+from breastscreen.preprocess import mammo, ultrasound
+from breastscreen.utils import atomic_path
+
+MANIFEST_NAME = "manifest.jsonl"
+ERRORS_NAME = "errors.csv"
+IMAGES_DIR = "images"
+ERROR_COLUMNS = ("exam_id", "view", "path", "status", "reason")
+
+
+@dataclass
+class ExamOutcome:
+    """Result of preprocessing one exam: the new exam (``None`` if it failed) and report rows."""
+
+    exam_id: str
+    exam: Exam | None
+    issues: list[dict[str, str]] = field(default_factory=list)
+    hashes: list[tuple[str, int, str]] = field(default_factory=list)  # (view, index, pixel hash) of US images
+
+
+def save_png(arr: np.ndarray, path: str | os.PathLike[str], bits: int = 16) -> dict[str, Any]:
+    """Save an intensity image as a 8- or 16-bit PNG atomically; return the intensity record."""
+    a = np.asarray(arr, dtype=np.float64)
+    top = 255 if bits == 8 else 65535
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0 and hi <= top:
+        stored = np.rint(a)
+        info: dict[str, Any] = {"mode": "original"}
+    else:
+        span = hi - lo if hi > lo else 1.0
+        stored = np.rint((a - lo) / span * top)
+        info = {"mode": "linear", "offset": lo, "scale": span / top}
+    dtype = np.uint8 if bits == 8 else np.uint16
+    with atomic_path(path) as tmp:
+        Image.fromarray(stored.astype(dtype)).save(tmp, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+    return info
+
+
+def save_mask(mask: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Save a boolean mask as an 8-bit PNG (0 / 255) atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray((np.asarray(mask, dtype=bool) * 255).astype(np.uint8)).save(tmp, format="PNG")
+        os.chmod(tmp, 0o644)
+
+
+def load_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """Load a lesion mask as boolean (non-zero = lesion) and check it matches the image shape."""
+    from breastscreen.data.readers import load_image
+
+    m = load_image(path).pixels > 0
+    if m.shape != tuple(shape):
+        raise PreprocessError(f"{path}: lesion mask shape {m.shape} does not match its image shape {tuple(shape)}")
+    return m
+
+
+def _stem(exam_id: str, view: str, k: int) -> str:
+    return f"{exam_id}_{view}" + (f"_{k}" if k else "")
+
+
+def _outputs_exist(image: ImageRef) -> bool:
+    rec = image.preprocessing or {}
+    paths = [image.path, rec.get("breast_mask_path")] + [m.path for m in image.masks]
+    return all(p and os.path.isfile(p) for p in paths)
+
+
+def _source_key(image: ImageRef) -> tuple[str, int | None]:
+    return (os.path.abspath(image.path), image.frame)
+
+
+def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: float, suppress: bool) -> ImageRef:
+    from breastscreen.data.readers import load_image
+
+    data = load_image(image.path, frame=image.frame)
+    spacing = image.pixel_spacing or data.pixel_spacing
+    res = mammo.preprocess_image(
+        data.pixels, spacing, scale, laterality_hint=view_side(view), suppress_background=suppress, name=image.path
+    )
+    rec = dict(res.record)
+    angle = view_angle(view)
+    rec["window"] = list(mammo.place_window(res.mask, mammo.window_size(angle, scale)))
+    rec["mvdcn_window"] = list(mammo.place_window(res.mask, mammo.window_size("MVDCN", scale)))
+    out_path = img_dir / f"{stem}.png"
+    mask_path = img_dir / f"{stem}_breastmask.png"
+    rec["intensity"] = save_png(res.image, out_path, bits=16)
+    save_mask(res.mask, mask_path)
+    masks = []
+    for i, lm in enumerate(image.masks):
+        moved = mammo.to_preprocessed(load_mask(lm.path, data.pixels.shape), rec, kind="mask")
+        mp = img_dir / f"{stem}_mask_{lm.label}_{i}.png"
+        save_mask(moved, mp)
+        masks.append(LesionMask(str(mp.resolve()), lm.label, lm.kind))
+    rois = []
+    for roi in image.rois:
+        box = mammo.box_to_preprocessed(roi.box, rec)
+        if box is not None:
+            rois.append(ROI(box, roi.label, roi.kind))
+    rec["rois_dropped"] = len(image.rois) - len(rois)
+    rec["source_path"] = str(Path(image.path).resolve())
+    if image.frame is not None:
+        rec["source_frame"] = image.frame
+    rec["breast_mask_path"] = str(mask_path.resolve())
+    sp = rec["spacing_mm"]
+    return ImageRef(str(out_path.resolve()), None, (sp, sp), masks, rois, rec, dict(image.meta))
+
+
+def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef | None, str | None, str]:
+    """Returns (new image or None when excluded, exclusion reason, pixel hash)."""
+    from breastscreen.data.readers import load_image
+
+    data = load_image(image.path, frame=image.frame)
+    digest = ultrasound.pixel_hash(data.pixels)
+    zf = ultrasound.zero_fraction(data.pixels)
+    if zf > ultrasound.MAX_ZERO_FRACTION:
+        return None, f"{100 * zf:.1f} % of pixels are zero (limit {100 * ultrasound.MAX_ZERO_FRACTION:.0f} %)", digest
+    crop, rec = ultrasound.crop_ultrasound(data.pixels, name=image.path)
+    out_path = img_dir / f"{stem}.png"
+    mask_path = img_dir / f"{stem}_breastmask.png"
+    bits = 8 if data.bits_stored <= 8 else 16
+    rec["intensity"] = save_png(crop, out_path, bits=bits)
+    x0, y0, x1, y1 = rec["crop_box"]
+    save_mask(crop > 0, mask_path)
+    masks = []
+    for i, lm in enumerate(image.masks):
+        moved = load_mask(lm.path, data.pixels.shape)[y0:y1, x0:x1]
+        mp = img_dir / f"{stem}_mask_{lm.label}_{i}.png"
+        save_mask(moved, mp)
+        masks.append(LesionMask(str(mp.resolve()), lm.label, lm.kind))
+    rois = []
+    for roi in image.rois:
+        box = mammo.box_to_preprocessed(roi.box, {**rec, "output_shape": [y1 - y0, x1 - x0]})
+        if box is not None:
+            rois.append(ROI(box, roi.label, roi.kind))
+    rec.update(
+        source_path=str(Path(image.path).resolve()),
+        breast_mask_path=str(mask_path.resolve()),
+        resample=1.0,
+        rois_dropped=len(image.rois) - len(rois),
+    )
+    if image.frame is not None:
+        rec["source_frame"] = image.frame
+    return ImageRef(str(out_path.resolve()), None, image.pixel_spacing, masks, rois, rec, dict(image.meta)), None, digest
+
+
+def preprocess_exam(
+    exam: Exam,
+    out_dir: str | os.PathLike[str],
+    scale: float = 1.0,
+    prior: dict[tuple[str, int | None], ImageRef] | None = None,
+    suppress_background: bool = True,
+) -> ExamOutcome:
+    """Preprocess every image of one exam; any failing image makes the exam fail (never raises for data)."""
+    img_dir = Path(out_dir) / IMAGES_DIR
+    img_dir.mkdir(parents=True, exist_ok=True)
+    outcome = ExamOutcome(exam.exam_id, None)
+    views: dict[str, list[ImageRef]] = {}
+    failed = False
+    for view, images in exam.views.items():
+        views[view] = []
+        for k, image in enumerate(images):
+            stem = _stem(exam.exam_id, view, k)
+            reused = (prior or {}).get(_source_key(image))
+            if reused is not None and (reused.preprocessing or {}).get("scale", scale) == scale and _outputs_exist(reused):
+                views[view].append(reused)
+                continue
+            try:
+                if exam.modality is Modality.US:
+                    new, excluded, digest = _preprocess_us(image, stem, img_dir)
+                    outcome.hashes.append((view, len(views[view]), digest))
+                    if new is None:
+                        outcome.issues.append(dict(exam_id=exam.exam_id, view=view, path=image.path,
+                                                   status="excluded", reason=excluded or ""))
+                        outcome.hashes.pop()
+                        continue
+                else:
+                    new = _preprocess_mg(image, view, stem, img_dir, scale, suppress_background)
+                views[view].append(new)
+            except (BreastscreenError, OSError, ValueError) as exc:
+                failed = True
+                outcome.issues.append(dict(exam_id=exam.exam_id, view=view, path=image.path,
+                                           status="failed", reason=str(exc)))
+    if not failed and not any(views.values()):
+        failed = True
+        outcome.issues.append(dict(exam_id=exam.exam_id, view="", path="", status="failed",
+                                   reason="no usable image left in the exam"))
+    if not failed:
+        outcome.exam = replace(exam, views=views, meta=dict(exam.meta), labels=dict(exam.labels))
+    return outcome
+
+
+def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> list[Exam]:
+    manifest = out_dir / MANIFEST_NAME
+    if resume and overwrite:
+        raise PreprocessError("choose either --resume or --overwrite, not both")
+    if not manifest.exists():
+        return []
+    if resume:
+        return read_manifest(manifest)
+    if not overwrite:
+        raise PreprocessError(
+            f"{manifest} already exists; pass --resume to continue that run or --overwrite to replace it"
+        )
+    return []
+
+
+def write_errors(rows: Sequence[dict[str, str]], path: str | os.PathLike[str]) -> None:
+    """Write the error/exclusion report as CSV (header always present)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(ERROR_COLUMNS))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({c: row.get(c, "") for c in ERROR_COLUMNS})
+
+
+def preprocess_manifest(
+    exams: Sequence[Exam],
+    out_dir: str | os.PathLike[str],
+    scale: float = 1.0,
+    *,
+    on_error: Literal["skip", "raise"] = "skip",
+    resume: bool = False,
+    overwrite: bool = False,
+    workers: int = 1,
+    suppress_background: bool = True,
+    progress: Callable[[ExamOutcome], None] | None = None,
+) -> tuple[list[Exam], list[dict[str, str]]]:
+    """Preprocess every exam into ``out_dir``; write ``manifest.jsonl`` and ``errors.csv`` there.
+
+    Returns ``(exams_out, issues)``. ``issues`` rows have exam_id, view, path, status
+    (``failed``: the exam was left out; ``excluded``: one ultrasound image was dropped by
+    the zero-pixel or duplicate rule) and reason. ``on_error="raise"`` raises
+    :class:`PreprocessError` for the first failed exam instead. An existing manifest in
+    ``out_dir`` is refused unless ``resume`` (images already done are reused) or
+    ``overwrite``. ``workers > 1`` preprocesses exams in parallel processes.
+    """
+    if not scale > 0:
+        raise PreprocessError(f"--scale must be > 0, got {scale}")
+    if workers < 1:
+        raise PreprocessError(f"--workers must be >= 1, got {workers}")
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    out = Path(out_dir)
+    previous = _check_out_dir(out, resume, overwrite)
+    prior = {
+        _source_key(ImageRef(img.preprocessing["source_path"], img.preprocessing.get("source_frame"))): img
+        for ex in previous
+        for _, img in ex.iter_images()
+        if img.preprocessing and img.preprocessing.get("source_path")
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes: dict[str, ExamOutcome] = {}
+
+    def _done(o: ExamOutcome) -> None:
+        outcomes[o.exam_id] = o
+        if on_error == "raise" and o.exam is None:
+            raise PreprocessError("; ".join(i["reason"] for i in o.issues if i["status"] == "failed"))
+        if progress is not None:
+            progress(o)
+
+    if workers == 1:
+        for exam in exams:
+            _done(preprocess_exam(exam, out, scale, prior, suppress_background))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(preprocess_exam, e, out, scale, prior, suppress_background) for e in exams]
+            for fut in as_completed(futures):
+                _done(fut.result())
+
+    exams_out: list[Exam] = []
+    issues: list[dict[str, str]] = []
+    seen: dict[str, tuple[str, str]] = {}
+    for exam in exams:  # input order, so duplicates keep their first occurrence deterministically
+        o = outcomes[exam.exam_id]
+        issues.extend(o.issues)
+        if o.exam is None:
+            continue
+        drop: dict[str, set[int]] = {}
+        for view, idx, digest in o.hashes:
+            img = o.exam.views[view][idx]
+            if digest in seen:
+                first = seen[digest]
+                issues.append(dict(exam_id=exam.exam_id, view=view, path=img.preprocessing["source_path"],
+                                   status="excluded", reason=f"exact duplicate of {first[1]} (exam {first[0]})"))
+                drop.setdefault(view, set()).add(idx)
+            else:
+                seen[digest] = (exam.exam_id, img.preprocessing["source_path"])
+        if drop:
+            for view, idxs in drop.items():
+                o.exam.views[view] = [im for i, im in enumerate(o.exam.views[view]) if i not in idxs]
+            if not any(o.exam.views.values()):
+                issues.append(dict(exam_id=exam.exam_id, view="", path="", status="failed",
+                                   reason="no usable image left in the exam"))
+                continue
+        exams_out.append(o.exam)
+    write_manifest(exams_out, out / MANIFEST_NAME)
+    write_errors(issues, out / ERRORS_NAME)
+    return exams_out, issues
