@@ -1,9 +1,112 @@
-"""CLI commands of this stage (registered on the main app by ``breastscreen.cli``)."""
+"""CLI commands of this stage: ``breastscreen heatmaps`` and ``breastscreen predict``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 
+def heatmaps_command(
+    manifest: Path = typer.Argument(..., help="Exam manifest (raw or preprocessed, JSON Lines)."),
+    model: str = typer.Option(..., "--model", "-m", help="Patch classifier: checkpoint file or bundled model name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for <exam>_<VIEW>_<k>.npz, heatmaps.jsonl, errors.csv."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Patches per model call."),
+    resume: bool = typer.Option(False, "--resume", help="Keep heatmaps already made with the same checkpoint (hash checked)."),
+    skip_background: bool = typer.Option(
+        False, "--skip-background", help="Do not evaluate patches without breast tissue (faster; background pixels differ)."
+    ),
+    images_per_chunk: int = typer.Option(4, "--images-per-chunk", help="Images whose patches are batched together."),
+) -> None:
+    """Make benign and malignant patch heatmaps for every mammogram (Wu et al. 2019).
+
+    A 256x256 patch classifier (scaled with the preprocessing scale) slides over each
+    preprocessed image with strides of about 70 px (the paper's stride-setting algorithm);
+    each pixel gets the mean probability of the patches covering it. A raw manifest is first
+    preprocessed at the model's scale into OUT/preprocessed. Files are written atomically, so an
+    interrupted run can be continued with --resume. Exit status 1 when some images failed
+    (listed in OUT/errors.csv), 2 on unusable input.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from breastscreen.inference.heatmaps import run_heatmaps
+
+    with Progress(TextColumn("heatmaps"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("images", total=None, rate="")
+
+        def progress(done: int, total: int, rate: float) -> None:
+            bar.update(task, completed=done, total=total, rate=f"{rate:.2f} images/s")
+
+        run = run_heatmaps(manifest, model, out, device=device, batch_size=batch_size, resume=resume,
+                           skip_background=skip_background, images_per_chunk=images_per_chunk, progress=progress)
+    typer.echo(
+        f"heatmaps: {len(run.computed)} computed, {len(run.reused)} reused, {len(run.errors)} failed "
+        f"in {run.seconds:.1f} s -> {out}"
+    )
+    for exam_id, view, _path, reason in run.errors:
+        typer.secho(f"  failed {exam_id} {view}: {reason}", err=True, fg=typer.colors.YELLOW)
+    if run.errors:
+        raise typer.Exit(1)
+
+
+def predict_command(
+    source: Path = typer.Argument(..., help="Exam manifest (JSON Lines) or a folder of DICOM/PNG files."),
+    model: List[str] = typer.Option(
+        ..., "--model", "-m",
+        help="Checkpoint file, bundled model name, or ensemble .json; repeat to average several models.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: predictions.csv/.jsonl, errors.csv, index.html."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder from `breastscreen heatmaps` (image+heatmaps models)."),
+    patch_model: Optional[str] = typer.Option(None, "--patch-model", help="Patch classifier to make the heatmaps on the fly."),
+    tta: int = typer.Option(1, "--tta", help="Test-time augmentations per view (1 = none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the test-time augmentations."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Samples per model call."),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Write overlay PNGs and index.html."),
+    max_pictures: Optional[int] = typer.Option(None, "--max-pictures", help="Draw pictures only for the N highest-scoring exams."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Parallel preprocessing processes."),
+) -> None:
+    """Predict per-breast benign and malignant probabilities for every exam.
+
+    Preprocesses at the model's scale, makes or reads heatmaps when the model needs them, runs
+    every model with --tta augmentations and averages them. Writes OUT/predictions.csv
+    (exam_id, left_benign, left_malignant, right_benign, right_malignant; BI-RADS models add
+    birads_0..2 and entropy), OUT/predictions.jsonl (per-view/branch outputs and provenance),
+    OUT/errors.csv (exams that failed, with the reason), OUT/pictures/ and OUT/index.html.
+    Exit status 1 when any exam failed (the others are still predicted), 2 on unusable input.
+    Research software: not for clinical use.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from breastscreen.inference.predict import PredictOptions, predict
+
+    opts = PredictOptions(tta=tta, seed=seed, device=device, batch_size=batch_size,
+                          heatmaps_dir=str(heatmaps) if heatmaps else None, patch_model=patch_model,
+                          pictures=pictures, max_pictures=max_pictures, workers=workers)
+    with Progress(TextColumn("{task.fields[stage]}"), BarColumn(), TextColumn("{task.completed} exams"),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("predict", total=None, stage="loading")
+
+        def progress(stage: str, exam_id: str) -> None:
+            bar.update(task, stage=stage, advance=1 if stage == "predict" else 0)
+
+        run = predict(source, model, out, opts, progress)
+    typer.echo(
+        f"predicted {len(run.predictions)} exam(s), {len(run.errors)} failed in {run.seconds:.1f} s -> "
+        f"{out / 'predictions.csv'}" + (f"; report {out / 'index.html'}" if pictures else "")
+    )
+    for exam_id, reason in run.errors:
+        typer.secho(f"  failed {exam_id}: {reason}", err=True, fg=typer.colors.YELLOW)
+    if run.skipped_files:
+        typer.secho(f"  {len(run.skipped_files)} file(s) not used (see {out / 'skipped_files.csv'})", err=True)
+    if run.errors:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to ``app``."""
+    app.command("heatmaps")(heatmaps_command)
+    app.command("predict")(predict_command)

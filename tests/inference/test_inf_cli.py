@@ -1,0 +1,40 @@
+"""`breastscreen heatmaps` and `breastscreen predict` through the command line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from breastscreen.cli import app
+from breastscreen.models import create_model, save_checkpoint
+
+
+@pytest.mark.slow
+def test_heatmaps_cli_resume_and_predict_exit_codes(tmp_path: Path) -> None:
+    from breastscreen.synthetic.mammo import generate_mammo_cohort
+
+    generate_mammo_cohort(tmp_path / "raw", 2, seed=3, scale=0.03)
+    torch.manual_seed(0)
+    patch = save_checkpoint(create_model("densenet-tiny"), tmp_path / "patch.safetensors", {"scale": 0.03})
+    runner = CliRunner()
+    manifest = str(tmp_path / "raw" / "manifest.jsonl")
+    res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "hm"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "8 computed, 0 reused, 0 failed" in res.output
+    res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "hm"), "--resume"])
+    assert res.exit_code == 0 and "0 computed, 8 reused" in res.output, res.output
+
+    model = save_checkpoint(create_model("nyu-viewwise-heatmaps", num_filters=4), tmp_path / "m.safetensors",
+                            {"scale": 0.03})
+    bad = sorted((tmp_path / "raw").glob("*_R-MLO.png"))[0]
+    bad.write_bytes(b"garbage")
+    res = runner.invoke(app, ["predict", manifest, "--model", str(model), "--heatmaps", str(tmp_path / "hm"),
+                              "--out", str(tmp_path / "out"), "--device", "cpu", "--no-pictures"])
+    assert res.exit_code == 1, res.output
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    errors = list(csv.DictReader(open(tmp_path / "out" / "errors.csv")))
+    assert len(rows) == 1 and len(errors) == 1 and errors[0]["exam_id"] == bad.name.split("_")[0]

@@ -1,0 +1,131 @@
+"""Heatmap files: atomic writes, --resume, kill-and-resume identity, checkpoint hash changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from breastscreen.data.types import Exam, ImageRef
+from breastscreen.inference.heatmaps import generate_heatmaps, read_heatmap_file
+from breastscreen.labels import PATCH_CLASSES
+
+SCALE = 0.0625  # patch 16, stride 4
+
+
+class TinyPatchNet(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 2 * 2, len(PATCH_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+        return {"logits": self.head(y)}
+
+
+class Counting(nn.Module):
+    """Wraps a model; counts forward calls and optionally raises after ``fail_after`` calls."""
+
+    def __init__(self, inner: nn.Module, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.fail_after = fail_after
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated kill")
+        return self.inner(x)
+
+
+def _exams(root: Path, n_exams: int = 3) -> list[Exam]:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    exams = []
+    for e in range(n_exams):
+        views = {}
+        for v in ("L-CC", "R-CC", "L-MLO", "R-MLO"):
+            h, w = int(rng.integers(30, 60)), int(rng.integers(20, 45))
+            img = np.zeros((h, w), np.uint16)
+            img[:, : w // 2] = rng.integers(2000, 60000, size=(h, w // 2))
+            mask = (img > 0).astype(np.uint8) * 255
+            path, mpath = root / f"E{e}_{v}.png", root / f"E{e}_{v}_breastmask.png"
+            Image.fromarray(img).save(path)
+            Image.fromarray(mask).save(mpath)
+            record = {"scale": SCALE, "crop_box": [0, 0, w, h], "flipped": False, "original_shape": [h, w],
+                      "output_shape": [h, w], "breast_mask_path": str(mpath)}
+            views[v] = [ImageRef(path=str(path), preprocessing=record)]
+        exams.append(Exam(exam_id=f"E{e}", views=views))
+    return exams
+
+
+def _run(exams, out, model, **kw):
+    return generate_heatmaps(exams, model, out, checkpoint_sha256=kw.pop("sha", "abc"), batch_size=kw.pop("bs", 50),
+                             images_per_chunk=kw.pop("chunk", 3), **kw)
+
+
+def _files(out: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.load(p)["heatmaps"] for p in sorted(out.glob("*.npz"))}
+
+
+def test_resume_recomputes_nothing(tmp_path: Path) -> None:
+    exams = _exams(tmp_path / "img")
+    model = Counting(TinyPatchNet())
+    first = _run(exams, tmp_path / "hm", model)
+    assert first.ok and len(first.computed) == 12 and model.calls > 0
+    maps, meta = read_heatmap_file(tmp_path / "hm" / "E0_L-CC_0.npz")
+    assert maps.shape[0] == 2 and 0 <= maps.min() and maps.max() <= 1
+    assert meta["checkpoint_sha256"] == "abc" and meta["patch_size"] == 16 and meta["stride"] == 4
+    assert sum(meta["row_strides"]) == maps.shape[1] - 16 and meta["skip_background"] is False
+    assert meta["preprocessing"]["scale"] == SCALE
+    again = Counting(TinyPatchNet())
+    second = _run(exams, tmp_path / "hm", again, resume=True)
+    assert again.calls == 0 and second.computed == [] and len(second.reused) == 12
+    # index and manifest name every heatmap
+    assert len((tmp_path / "hm" / "heatmaps.jsonl").read_text().splitlines()) == 12
+    assert "heatmap_path" in (tmp_path / "hm" / "manifest.jsonl").read_text()
+
+
+def test_changed_checkpoint_hash_recomputes(tmp_path: Path) -> None:
+    exams = _exams(tmp_path / "img", 1)
+    _run(exams, tmp_path / "hm", TinyPatchNet())
+    model = Counting(TinyPatchNet(seed=1))
+    run = _run(exams, tmp_path / "hm", model, sha="def", resume=True)
+    assert len(run.computed) == 4 and model.calls > 0
+    assert read_heatmap_file(tmp_path / "hm" / "E0_R-MLO_0.npz")[1]["checkpoint_sha256"] == "def"
+
+
+@pytest.mark.parametrize("fail_after", [1, 3, 5])
+def test_kill_then_resume_is_identical(tmp_path: Path, fail_after: int) -> None:
+    exams = _exams(tmp_path / "img")
+    _run(exams, tmp_path / "ref", TinyPatchNet())
+    reference = _files(tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        _run(exams, tmp_path / "hm", Counting(TinyPatchNet(), fail_after=fail_after))
+    partial = _files(tmp_path / "hm")
+    assert len(partial) < 12
+    assert not [p for p in (tmp_path / "hm").iterdir() if p.name.startswith(".")]  # no temp files
+    _run(exams, tmp_path / "hm", TinyPatchNet(), resume=True)
+    resumed = _files(tmp_path / "hm")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert np.array_equal(resumed[name], reference[name]), name
+
+
+def test_bad_image_is_reported_and_others_complete(tmp_path: Path) -> None:
+    exams = _exams(tmp_path / "img", 2)
+    Path(exams[0].views["R-CC"][0].path).write_bytes(b"not a png")
+    run = _run(exams, tmp_path / "hm", TinyPatchNet(), skip_background=True)
+    assert not run.ok and len(run.errors) == 1 and run.errors[0][:2] == ("E0", "R-CC")
+    assert len(run.computed) == 7
+    text = (tmp_path / "hm" / "errors.csv").read_text().splitlines()
+    assert text[0] == "exam_id,view,path,reason" and text[1].startswith("E0,R-CC")
+    meta = read_heatmap_file(tmp_path / "hm" / "E1_L-CC_0.npz")[1]
+    assert meta["skip_background"] is True and meta["n_evaluated"] <= meta["n_windows"]
