@@ -183,7 +183,7 @@ register_model("densenet161-patch-embed", build_densenet,
                "DenseNet-161 + 32-unit embedding FC, 4 classes (Wu 2020 f_loc)", "256x256", "patch", _TINY)
 register_model("densenet-tiny", build_densenet,
                DenseNetConfig(block_config=(2, 2), growth_rate=8, num_init_features=16),
-               "REDUCED DenseNet (2 blocks, growth 8) for CPU demos/tests; 4 classes", "256x256", "patch")
+               "REDUCED DenseNet (2 blocks, growth 8) for CPU tests/examples; 4 classes", "256x256", "patch")
 register_model("densenet-tiny-embed", build_densenet,
                DenseNetConfig(block_config=(2, 2), growth_rate=8, num_init_features=16, embedding_dim=32),
-               "REDUCED DenseNet + 32-d embedding for CPU demos/tests; 4 classes", "256x256", "patch")
+               "REDUCED DenseNet + 32-d embedding for CPU tests/examples; 4 classes", "256x256", "patch")

@@ -3,7 +3,7 @@
 * ``resnet50-patch``: bottleneck blocks (3, 4, 6, 3), global average pooling + one linear layer
   with 5 outputs in PATCH_CLASSES_5 order - the all-convolutional classifier's patch model
   (Shen et al. 2019).
-* ``resnet-tiny-patch``: a REDUCED variant (basic blocks (1, 1), width 8) for CPU demos/tests.
+* ``resnet-tiny-patch``: a REDUCED variant (basic blocks (1, 1), width 8) for CPU tests/examples.
 * The same class with basic blocks (2, 2, 2, 2) is the ResNet-18 trunk of the ultrasound model.
 
 Module names: ``stem.conv``/``stem.bn``, ``layers.i.j.conv1 ... bn3``, ``layers.i.j.downsample.conv/bn``,
@@ -159,4 +159,4 @@ register_model("resnet50-patch", build_resnet, ResNetConfig(),
                "ResNet-50 patch classifier, 5 classes, GAP (Shen 2019)", "224x224 patches", "patch",
                {"layers": (1, 1), "width": 8})
 register_model("resnet-tiny-patch", build_resnet, ResNetConfig(block="basic", layers=(1, 1), width=8),
-               "REDUCED ResNet (2 basic blocks, width 8) for CPU demos/tests; 5 classes", "224x224 patches", "patch")
+               "REDUCED ResNet (2 basic blocks, width 8) for CPU tests/examples; 5 classes", "224x224 patches", "patch")

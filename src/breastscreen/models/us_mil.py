@@ -119,4 +119,4 @@ register_model("us-mil", build_us_mil, USMILConfig(),
                "Ultrasound ResNet-18 saliency + gated-attention MIL over a breast's images (Shen 2021)",
                "K x 256x256", "ultrasound", {"width": 4, "attention_hidden": 16})
 register_model("us-mil-tiny", build_us_mil, USMILConfig(width=8, layers=(1, 1, 1, 1), attention_hidden=32),
-               "REDUCED ultrasound MIL (width 8, 1 block per stage) for CPU demos/tests", "K x 256x256", "ultrasound")
+               "REDUCED ultrasound MIL (width 8, 1 block per stage) for CPU tests/examples", "K x 256x256", "ultrasound")

@@ -3,7 +3,7 @@
 Thirteen 3x3 convolutions in five stages (64x2, 128x2, 256x3, 512x3, 512x3), each stage ending
 in 2x2 max pooling; global average pooling replaces the fully connected layers, then one linear
 layer with 5 outputs (PATCH_CLASSES_5). ``batch_norm=True`` gives the BN variant.
-``vgg-tiny-patch`` is a REDUCED variant for CPU demos/tests.
+``vgg-tiny-patch`` is a REDUCED variant for CPU tests/examples.
 
 Module names: ``stages.s.j.conv`` (+ ``.bn``), ``head.fc``; torchvision-style ``features.N`` indices
 are mapped by :mod:`breastscreen.models.pretrained`.
@@ -98,4 +98,4 @@ register_model("vgg16-patch", build_vgg, VGGConfig(),
                {"stage_widths": (4, 4, 8, 8, 8)})
 register_model("vgg-tiny-patch", build_vgg,
                VGGConfig(stage_convs=(1, 1, 1, 1, 1), stage_widths=(8, 8, 16, 16, 16), batch_norm=True),
-               "REDUCED VGG (5 single-conv BN stages) for CPU demos/tests; 5 classes", "224x224 patches", "patch")
+               "REDUCED VGG (5 single-conv BN stages) for CPU tests/examples; 5 classes", "224x224 patches", "patch")
