@@ -229,3 +229,14 @@ def test_cli_check_reports_invalid_manifest(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["manifest", "check", str(good)])
     assert r.exit_code == 1 and "do not exist" in r.output
     assert CliRunner().invoke(app, ["manifest", "check", str(good), "--no-files"]).exit_code == 0
+
+
+def test_truncated_dicom_is_reported(tmp_path: Path) -> None:
+    big = np.arange(200 * 150, dtype=np.uint16).reshape(200, 150)
+    make_dicom(tmp_path / "a" / "L_CC.dcm", big, ImageLaterality="L", ViewPosition="CC", StudyInstanceUID="1.2.3")
+    whole = (tmp_path / "a" / "L_CC.dcm").read_bytes()
+    (tmp_path / "a" / "L_CC_cut.dcm").write_bytes(whole[: len(whole) // 2])  # header intact, pixels cut off
+    res = build_manifest(tmp_path / "a")
+    reasons = {Path(p).name: r for p, r in res.problems}
+    assert set(reasons) == {"L_CC_cut.dcm"} and "truncated DICOM" in reasons["L_CC_cut.dcm"]
+    assert [len(e.views["L-CC"]) for e in res.exams] == [1]

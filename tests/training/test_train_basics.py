@@ -149,3 +149,33 @@ def test_early_stopping_on_scripted_sequence():
     restored.load_state_dict(es2.state_dict())
     assert restored.best == es2.best and restored.should_stop
     assert not EarlyStopping(patience=0).should_stop
+
+
+def test_check_input_fits_refuses_patches_too_small_for_the_model():
+    from breastscreen.errors import BreastscreenError
+    from breastscreen.models import create_model
+    from breastscreen.training.recipes.common import check_input_fits
+
+    model = create_model("densenet-tiny")  # its pooling needs >= 5 px (DenseNet-121: >= 29 px)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_input_fits(model, (2, 1, 5, 5), "a patch")
+    with pytest.raises(BreastscreenError, match=r"a patch of shape \[2, 1, 4, 4\] is too small for model DenseNet"):
+        check_input_fits(model, (2, 1, 4, 4), "a patch")
+    # The probe runs on a copy: the model keeps its real weights on its own device.
+    after = model.state_dict()
+    assert all(after[k].device.type == "cpu" and torch.equal(after[k], before[k]) for k in before)
+
+
+def test_written_ensemble_manifest_is_read_by_predict(tmp_path):
+    from breastscreen.inference.ensemble import expand_model_refs
+    from breastscreen.training.ensemble import write_ensemble_manifest
+
+    for k in range(2):
+        (tmp_path / f"m{k}").mkdir()
+        (tmp_path / f"m{k}" / "best.safetensors").write_bytes(b"x")
+    path = write_ensemble_manifest(tmp_path, [tmp_path / "m0" / "best.safetensors", tmp_path / "m1" / "best.safetensors"],
+                                   {"kind": "breast"})
+    assert '"path": "m0/best.safetensors"' in path.read_text()  # relative, so the run folder can move
+    refs = expand_model_refs([str(path)])
+    assert [r.ref for r in refs] == [str((tmp_path / f"m{k}" / "best.safetensors").resolve()) for k in range(2)]
+    assert refs[0].source == f"{path}:members[0]"

@@ -28,6 +28,7 @@ from breastscreen.data.readers import (
     DEFAULT_MAX_PIXELS,
     DICOM_SUFFIXES,
     RASTER_SUFFIXES,
+    dicom_pixel_spacing,
     is_dicom_file,
     raster_header,
     read_dicom_header,
@@ -139,27 +140,6 @@ def _view_from_code_sequence(ds: Any) -> tuple[str | None, str | None]:
     return None, value or meaning
 
 
-def _spacing_from_header(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        v = ds.get(tag)
-        if v is not None and len(v) == 2:
-            try:
-                r, c = float(v[0]), float(v[1])
-            except (TypeError, ValueError):
-                continue
-            if r > 0 and c > 0:
-                return (r, c), tag
-    regions = ds.get("SequenceOfUltrasoundRegions")
-    if regions:
-        reg = regions[0]
-        # Physical units code 3 = cm (PS3.3 C.8.5.5.1.15)
-        if reg.get("PhysicalUnitsXDirection") == 3 and reg.get("PhysicalUnitsYDirection") == 3:
-            dx, dy = float(reg.get("PhysicalDeltaX", 0)), float(reg.get("PhysicalDeltaY", 0))
-            if dx > 0 and dy > 0:
-                return (abs(dy) * 10.0, abs(dx) * 10.0), "SequenceOfUltrasoundRegions"
-    return None, None
-
-
 def _parse_spacing(text: str, where: str) -> tuple[float, float] | None:
     text = text.strip()
     if not text:
@@ -186,6 +166,26 @@ def _check_size(path: str, rows: int, cols: int) -> None:
         raise ImageReadError(f"{path}: image has an empty size {rows}x{cols}")
 
 
+def _check_not_truncated(path: str, ds: Any, n_frames: int) -> None:
+    """Refuse an uncompressed DICOM whose file is smaller than its pixel data alone (a cut-off copy).
+
+    Only the header is read while scanning, so this size test is what catches truncated files
+    before preprocessing; compressed pixel data has no fixed size and is not checked.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or getattr(syntax, "is_compressed", True):
+        return
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    expected = (int(ds.Rows) * int(ds.Columns) * samples * n_frames * bits + 7) // 8
+    size = os.path.getsize(path)
+    if size < expected:
+        raise ImageReadError(
+            f"{path}: truncated DICOM (file has {size:,} bytes, its {int(ds.Rows)}x{int(ds.Columns)} "
+            f"{bits}-bit pixel data alone needs {expected:,})"
+        )
+
+
 def _dicom_image(path: str, include_for_processing: bool) -> _Found:
     """Classify one DICOM file from its header; raise ImageReadError with the reason when unusable."""
     ds = read_dicom_header(path)
@@ -201,6 +201,7 @@ def _dicom_image(path: str, include_for_processing: bool) -> _Found:
         raise ImageReadError(f"{path}: non-image DICOM (no pixel data; SOP class {ds.get('SOPClassUID', '?')})")
     _check_size(path, int(ds.Rows), int(ds.Columns))
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    _check_not_truncated(path, ds, n_frames)
     if n_frames > 1:
         raise ImageReadError(
             f"{path}: multi-frame DICOM ({n_frames} frames, e.g. tomosynthesis or cine); "
@@ -256,7 +257,7 @@ def _dicom_image(path: str, include_for_processing: bool) -> _Found:
         meta["laterality_from"] = side_source
     if intent:
         meta["presentation_intent"] = intent
-    spacing, tag = _spacing_from_header(ds)
+    spacing, tag = dicom_pixel_spacing(ds)
     if tag:
         meta["spacing_tag"] = tag
     meta = {k: v for k, v in meta.items() if v is not None}
@@ -511,7 +512,7 @@ def _mapped_image(path: str, entry: dict[str, Any], suffix: str) -> _Found:
         if "Rows" not in ds:
             raise ImageReadError(f"{path}: non-image DICOM (no pixel data)")
         if spacing is None:
-            spacing, _ = _spacing_from_header(ds)
+            spacing, _ = dicom_pixel_spacing(ds)
     else:
         raise ImageReadError(f"{path}: not an image file ({suffix or 'no suffix'})")
     view = entry["view"]

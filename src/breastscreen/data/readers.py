@@ -206,19 +206,39 @@ def _load_dicom(path: str, frame: int | None, max_pixels: int | None, voi: bool)
     else:
         raise ImageReadError(f"{path}: unexpected pixel array shape {arr.shape}")
 
-    spacing = None
+    spacing, tag = dicom_pixel_spacing(ds)
+    if tag:
+        meta["spacing_tag"] = tag
+    return ImageData(np.ascontiguousarray(pixels, dtype=np.float32), spacing, bits, path, meta)
+
+
+def dicom_pixel_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, col) pixel spacing in mm from a DICOM header and the attribute it came from, or (None, None).
+
+    PixelSpacing, then ImagerPixelSpacing, then the first ultrasound region (cm -> mm); malformed or
+    non-positive values count as absent.
+    """
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(tag)
-        if value is not None and len(value) == 2:
+        v = ds.get(tag)
+        if v is not None and len(v) == 2:
             try:
-                r, c = float(value[0]), float(value[1])
+                r, c = float(v[0]), float(v[1])
             except (TypeError, ValueError):
                 continue
             if r > 0 and c > 0:
-                spacing = (r, c)
-                meta["spacing_tag"] = tag
-                break
-    return ImageData(np.ascontiguousarray(pixels, dtype=np.float32), spacing, bits, path, meta)
+                return (r, c), tag
+    regions = ds.get("SequenceOfUltrasoundRegions")
+    if regions:
+        reg = regions[0]
+        # Physical units code 3 = cm (PS3.3 C.8.5.5.1.15)
+        if reg.get("PhysicalUnitsXDirection") == 3 and reg.get("PhysicalUnitsYDirection") == 3:
+            try:
+                dx, dy = abs(float(reg.get("PhysicalDeltaX", 0))), abs(float(reg.get("PhysicalDeltaY", 0)))
+            except (TypeError, ValueError):
+                dx = dy = 0.0
+            if dx > 0 and dy > 0:
+                return (dy * 10.0, dx * 10.0), "SequenceOfUltrasoundRegions"
+    return None, None
 
 
 def _png_spacing(info: dict[str, Any]) -> tuple[float, float] | None:

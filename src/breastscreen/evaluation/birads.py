@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,7 +71,9 @@ def macauc_vs_kept_fraction(y_class: np.ndarray, probs: np.ndarray, h: np.ndarra
     return out
 
 
-def weighted_macauc(y_class: np.ndarray, probs: np.ndarray):
+def weighted_macauc(
+    y_class: np.ndarray, probs: np.ndarray
+) -> Callable[[np.ndarray | None], dict[str, np.ndarray]]:
     """A function ``W -> {"macauc", "auc_0", ...}`` computing weighted one-vs-rest AUROCs per row of ``W``."""
     ranked = [RankedScores.build((y_class == k).astype(float), probs[:, k]) for k in range(probs.shape[1])]
 

@@ -613,6 +613,32 @@ def _write_errors(path: Path, header: list[str], rows: list[tuple]) -> None:
             writer.writerows(rows)
 
 
+def patch_classes(ckpt: Any, ref: str) -> list[str]:
+    """Check that checkpoint ``ckpt`` (loaded from ``ref``) is a patch classifier; return its class order.
+
+    Raises :class:`BreastscreenError` when it is another kind of model, when its number of
+    outputs differs from its class list, or when it lacks a benign or malignant class.
+    """
+    from breastscreen.models.registry import get_entry
+
+    task = get_entry(ckpt.name).task
+    if task != "patch":
+        raise BreastscreenError(
+            f"{ref}: model {ckpt.name} is a {task} model; heatmaps need a patch classifier (e.g. demo-patch)"
+        )
+    classes = list((ckpt.metadata or {}).get("classes") or PATCH_CLASSES)
+    n_out = getattr(ckpt.config, "num_classes", None)
+    if n_out is not None and int(n_out) != len(classes):
+        raise BreastscreenError(
+            f"{ref}: patch model has {n_out} outputs but its class list has {len(classes)} ({classes}); "
+            "record the class order in the checkpoint metadata 'classes'"
+        )
+    missing = [c for c in HEATMAP_CHANNELS if c not in classes]
+    if missing:
+        raise BreastscreenError(f"{ref}: patch model classes {classes} lack {missing}; heatmaps need {list(HEATMAP_CHANNELS)}")
+    return classes
+
+
 def run_heatmaps(
     manifest: str | os.PathLike[str] | Sequence[Any],
     model_ref: str,
@@ -638,6 +664,10 @@ def run_heatmaps(
     from breastscreen.preprocess.pipeline import preprocess_manifest
     from breastscreen.utils import resolve_device
 
+    if batch_size < 1:
+        raise BreastscreenError(f"--batch-size must be >= 1, got {batch_size}")
+    if images_per_chunk < 1:
+        raise BreastscreenError(f"--images-per-chunk must be >= 1, got {images_per_chunk}")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -645,7 +675,7 @@ def run_heatmaps(
     exams = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     ckpt = load_checkpoint(model_ref)
     metadata = dict(ckpt.metadata or {})
-    classes = metadata.get("classes") or PATCH_CLASSES
+    classes = patch_classes(ckpt, str(model_ref))
     out = Path(out_dir)
     pre_errors: list[tuple[str, str, str, str]] = []
     raw = [e for e in exams if any(img.preprocessing is None for _, img in e.iter_images())]

@@ -54,6 +54,7 @@ from breastscreen.inference.heatmaps import (
     generate_heatmaps,
     heatmap_filename,
     load_preprocessed,
+    patch_classes,
     read_heatmap_file,
 )
 from breastscreen.labels import BIRADS_CLASSES, BREAST_LABELS, HEATMAP_CHANNELS
@@ -575,12 +576,14 @@ def predict(
         from breastscreen.models import load_checkpoint
 
         ckpt = load_checkpoint(patch_ref)
+        classes = patch_classes(ckpt, str(patch_ref))
         if progress:
             progress("heatmaps", "")
         heatmaps_dir = out / "heatmaps"
         hm = generate_heatmaps(
             exams, ckpt.model.to(device), heatmaps_dir, checkpoint_sha256=ckpt.sha256, checkpoint_name=ckpt.name,
-            model_metadata=ckpt.metadata, batch_size=opts.patch_batch_size, device=device, resume=True,
+            model_metadata=ckpt.metadata, class_names=classes, batch_size=opts.patch_batch_size, device=device,
+            resume=True,
         )
         failed = {}
         for exam_id, view, path, reason in hm.errors:

@@ -25,7 +25,7 @@ described by cheap :class:`PatchSpec` rows and cut out lazily with :func:`extrac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -375,7 +375,9 @@ def roi_patch_set(
     return ROIPatchSet(specs=specs, out_size=size, skipped=skipped)
 
 
-def sources_from_exams(exams: Iterable, load=None) -> list[PatchSource]:
+def sources_from_exams(
+    exams: Iterable, load: Callable[[str], np.ndarray] | None = None
+) -> list[PatchSource]:
     """Build :class:`PatchSource` rows from PREPROCESSED exams (images, breast masks, lesion masks).
 
     An image is ``negative`` when its breast's labels are both 0 (no findings); images with

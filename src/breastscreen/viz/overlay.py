@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -71,7 +72,7 @@ def map_rgba(values: np.ndarray, colour: Sequence[float], alpha_max: float = 0.6
     return rgba
 
 
-def draw_panel(ax, panel: ViewPanel | None, max_side: int = 1024, alpha_max: float = 0.6) -> None:
+def draw_panel(ax: Axes, panel: ViewPanel | None, max_side: int = 1024, alpha_max: float = 0.6) -> None:
     """Draw one view (or a 'missing' placeholder) with its maps on a matplotlib axes."""
     ax.set_xticks([])
     ax.set_yticks([])

@@ -39,6 +39,25 @@ def build_model(cfg: TrainConfig, default_name: str, member: int | None, **force
     return model
 
 
+def check_input_fits(model: nn.Module, shape: tuple[int, ...], what: str) -> None:
+    """Raise :class:`BreastscreenError` when ``model`` cannot take an input of ``shape``.
+
+    Runs a shape-only pass on a copy on the meta device (no memory, no arithmetic), so an
+    input too small for the model's pooling is refused before training starts, not mid-epoch.
+    """
+    import copy
+
+    probe = copy.deepcopy(model).to("meta").eval()
+    try:
+        with torch.no_grad():
+            probe(torch.empty(shape, device="meta"))
+    except RuntimeError as exc:
+        raise BreastscreenError(
+            f"{what} of shape {list(shape)} is too small for model {type(model).__name__} ({exc}); "
+            "preprocess at a larger --scale or choose a smaller model (model=densenet-tiny)"
+        ) from None
+
+
 def initialise_from(model: nn.Module, ref: str) -> list[str]:
     """Load weights from checkpoint ``ref`` into ``model`` (see :func:`build_model`); return their names."""
     from breastscreen.models.checkpoint import load_checkpoint

@@ -36,7 +36,7 @@ from breastscreen.training.datasets import describe_exams, finite_mean, load_exa
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask, derive_seed
 from breastscreen.training.losses import patch_class_weights, weighted_cross_entropy
 from breastscreen.training.recipes import Recipe, register_recipe
-from breastscreen.training.recipes.common import build_model
+from breastscreen.training.recipes.common import build_model, check_input_fits
 from breastscreen.training.samplers import ShuffleSampler, scale_composition
 
 PAPER_COMPOSITION = {"malignant": 20, "benign": 35, "outside": 5000, "negative": 4945}
@@ -164,6 +164,7 @@ def build_patch(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTa
     weights = torch.tensor(patch_class_weights(counts), dtype=torch.float32)
     model = build_model(cfg, "densenet121-patch", member, num_classes=len(PATCH_CLASSES), in_channels=1)
     out_size = patch_sampler.out_size
+    check_input_fits(model, (2, 1, out_size, out_size), f"a patch at scale {scale}")
     stride = max(1, int(round(out_size * PATCH_STRIDE / PATCH_SIZE)))
 
     def compute_loss(m: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
