@@ -38,3 +38,22 @@ def test_heatmaps_cli_resume_and_predict_exit_codes(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     errors = list(csv.DictReader(open(tmp_path / "out" / "errors.csv")))
     assert len(rows) == 1 and len(errors) == 1 and errors[0]["exam_id"] == bad.name.split("_")[0]
+
+
+@pytest.mark.parametrize("command, existing", [("predict", "predictions.csv"), ("heatmaps", "heatmaps.jsonl"),
+                                               ("heatmaps", "E1_L-CC_0.npz")])
+def test_existing_outputs_exit_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture, command: str, existing: str) -> None:
+    from breastscreen.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / existing).write_text("earlier run")
+    monkeypatch.setattr("sys.argv", ["breastscreen", command, str(tmp_path / "m.jsonl"), "--model", "demo-patch",
+                                     "--out", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert str(out) in err and "--overwrite" in err, err
+    assert (out / existing).read_text() == "earlier run"

@@ -129,3 +129,46 @@ def test_bad_image_is_reported_and_others_complete(tmp_path: Path) -> None:
     assert text[0] == "exam_id,view,path,reason" and text[1].startswith("E0,R-CC")
     meta = read_heatmap_file(tmp_path / "hm" / "E1_L-CC_0.npz")[1]
     assert meta["skip_background"] is True and meta["n_evaluated"] <= meta["n_windows"]
+
+
+def test_existing_heatmaps_are_refused_unless_resume_or_overwrite(tmp_path: Path) -> None:
+    from breastscreen.errors import BreastscreenError
+
+    exams = _exams(tmp_path / "img", 1)
+    _run(exams, tmp_path / "hm", TinyPatchNet())
+    before = (tmp_path / "hm" / "E0_L-CC_0.npz").read_bytes()
+    model = Counting(TinyPatchNet(seed=1))
+    with pytest.raises(BreastscreenError, match=r"hm already holds heatmaps .*--resume.*--overwrite"):
+        _run(exams, tmp_path / "hm", model, sha="other")
+    assert model.calls == 0 and (tmp_path / "hm" / "E0_L-CC_0.npz").read_bytes() == before
+    # A lone heatmap file (index lost) is protected too.
+    (tmp_path / "hm" / "heatmaps.jsonl").unlink()
+    with pytest.raises(BreastscreenError, match="E0_L-CC_0.npz"):
+        _run(exams, tmp_path / "hm", model, sha="other")
+    with pytest.raises(BreastscreenError, match="not both"):
+        _run(exams, tmp_path / "hm", model, sha="other", resume=True, overwrite=True)
+    run = _run(exams, tmp_path / "hm", model, sha="other", overwrite=True)
+    assert len(run.computed) == 4 and read_heatmap_file(tmp_path / "hm" / "E0_L-CC_0.npz")[1]["checkpoint_sha256"] == "other"
+
+
+def test_resume_recomputes_heatmaps_of_a_replaced_image(tmp_path: Path) -> None:
+    exams = _exams(tmp_path / "img", 2)
+    _run(exams, tmp_path / "hm", TinyPatchNet())
+    image = Path(exams[0].views["L-CC"][0].path)
+    meta = read_heatmap_file(tmp_path / "hm" / "E0_L-CC_0.npz")[1]
+    assert meta["image_path"] == str(image) and meta["image_size"] == image.stat().st_size
+    assert meta["image_mtime_ns"] == image.stat().st_mtime_ns
+    # Same path, different pixels and shape (e.g. re-preprocessed from a replaced source).
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(1000, 60000, size=(40, 33)).astype(np.uint16)).save(image)
+    Image.fromarray(np.full((40, 33), 255, np.uint8)).save(exams[0].views["L-CC"][0].preprocessing["breast_mask_path"])
+    run = _run(exams, tmp_path / "hm", TinyPatchNet(), resume=True)
+    assert run.computed == ["E0_L-CC_0.npz"] and len(run.reused) == 7
+    maps, meta = read_heatmap_file(tmp_path / "hm" / "E0_L-CC_0.npz")
+    assert maps.shape[1:] == (40, 33) and meta["image_mtime_ns"] == image.stat().st_mtime_ns
+    # The same exam/view from another preprocessed image path is not reused either.
+    moved = tmp_path / "img" / "copy_E1_R-CC.png"
+    moved.write_bytes(Path(exams[1].views["R-CC"][0].path).read_bytes())
+    exams[1].views["R-CC"][0].path = str(moved)
+    run = _run(exams, tmp_path / "hm", TinyPatchNet(), resume=True)
+    assert run.computed == ["E1_R-CC_0.npz"] and len(run.reused) == 7

@@ -150,3 +150,35 @@ def test_mixed_families_rejected(checkpoints: dict, cohort: Path, tmp_path: Path
     with pytest.raises(CheckpointError, match="agree"):
         predict(cohort / "raw" / "manifest.jsonl", [str(checkpoints["image"]), str(checkpoints["mvdcn"])],
                 tmp_path / "x", _opts())
+
+
+def test_existing_predictions_refused_and_overwrite_redoes_changed_inputs(cohort: Path, checkpoints: dict,
+                                                                         tmp_path: Path) -> None:
+    from breastscreen.errors import BreastscreenError
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in (cohort / "raw").iterdir():
+        (raw / f.name).write_bytes(f.read_bytes())
+    manifest = raw / "manifest.jsonl"
+    opts = _opts(patch_model=str(checkpoints["patch"]))
+    first = predict(manifest, [str(checkpoints["heat"])], tmp_path / "o", opts)
+    before = (tmp_path / "o" / "predictions.csv").read_text()
+    with pytest.raises(BreastscreenError, match=r"o already holds predictions .*--overwrite"):
+        predict(manifest, [str(checkpoints["heat"])], tmp_path / "o", opts)
+    assert (tmp_path / "o" / "predictions.csv").read_text() == before
+    # Replace one source image (same path, other content): its preprocessed image and heatmaps are redone.
+    exams = read_manifest(manifest)
+    target, donor = exams[0].views["L-CC"][0].path, exams[1].views["L-CC"][0].path
+    Path(target).write_bytes(Path(donor).read_bytes())
+    pre = tmp_path / "o" / "preprocessed" / "images" / Path(target).name
+    heat = tmp_path / "o" / "heatmaps" / f"{exams[0].exam_id}_L-CC_0.npz"
+    old_pre, old_heat = pre.read_bytes(), heat.read_bytes()
+    kept = tmp_path / "o" / "heatmaps" / f"{exams[2].exam_id}_R-MLO_0.npz"
+    kept_mtime = kept.stat().st_mtime_ns
+    again = predict(manifest, [str(checkpoints["heat"])], tmp_path / "o", opts, overwrite=True)
+    assert pre.read_bytes() != old_pre and heat.read_bytes() != old_heat
+    assert kept.stat().st_mtime_ns == kept_mtime  # unchanged inputs are reused
+    by_id = {p.exam_id: p.values for p in again.predictions}
+    assert by_id[exams[0].exam_id] != first.predictions[0].values
+    assert by_id[exams[2].exam_id] == {p.exam_id: p.values for p in first.predictions}[exams[2].exam_id]

@@ -99,6 +99,35 @@ def test_refuses_existing_output_unless_resume_or_overwrite(tmp_path: Path) -> N
         preprocess_manifest(exams, out, scale=0.5, resume=True, overwrite=True)
 
 
+def test_resume_redoes_an_image_whose_source_was_replaced(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    exams = [_make_exam(src, "ex1")]
+    out = tmp_path / "pre"
+    done, _ = preprocess_manifest(exams, out, scale=0.5)
+    rec = done[0].views["L-CC"][0].preprocessing
+    source = Path(exams[0].views["L-CC"][0].path)
+    assert rec["source_size"] == source.stat().st_size and rec["source_mtime_ns"] == source.stat().st_mtime_ns
+    before = {v: Path(out / "images" / f"ex1_{v}.png").stat().st_mtime_ns for v in ("L-CC", "R-MLO")}
+    old_shape = rec["output_shape"]
+    # Same path, different content (a smaller breast): the earlier output must not be reused.
+    img, _ = phantom_mammo(h=260, w=150, chest_wall="left", seed=9)
+    _png16(img, source)
+    done, _ = preprocess_manifest(exams, out, scale=0.5, resume=True)
+    new = done[0].views["L-CC"][0]
+    assert Path(out / "images" / "ex1_L-CC.png").stat().st_mtime_ns != before["L-CC"]
+    assert new.preprocessing["original_shape"] == [260, 150] and new.preprocessing["output_shape"] != old_shape
+    assert new.preprocessing["source_mtime_ns"] == source.stat().st_mtime_ns
+    assert Path(out / "images" / "ex1_R-MLO.png").stat().st_mtime_ns == before["R-MLO"]  # unchanged source reused
+    # A record without the size/mtime keys (older runs) cannot be checked, so it is redone.
+    for ex in (m := read_manifest(out / "manifest.jsonl")):
+        for _, im in ex.iter_images():
+            im.preprocessing.pop("source_size")
+    write_manifest(m, out / "manifest.jsonl")
+    preprocess_manifest(exams, out, scale=0.5, resume=True)
+    assert Path(out / "images" / "ex1_R-MLO.png").stat().st_mtime_ns != before["R-MLO"]
+
+
 def test_ultrasound_exclusions(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     a = (rng.random((120, 160)) * 200 + 30).astype(np.uint8)

@@ -14,7 +14,11 @@ def heatmaps_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for <exam>_<VIEW>_<k>.npz, heatmaps.jsonl, errors.csv."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(256, "--batch-size", help="Patches per model call."),
-    resume: bool = typer.Option(False, "--resume", help="Keep heatmaps already made with the same checkpoint (hash checked)."),
+    resume: bool = typer.Option(
+        False, "--resume",
+        help="Continue a run in --out: keep heatmaps made with the same checkpoint (hash checked) from the same images.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute and replace heatmaps already in --out."),
     skip_background: bool = typer.Option(
         False, "--skip-background", help="Do not evaluate patches without breast tissue (faster; background pixels differ)."
     ),
@@ -25,9 +29,11 @@ def heatmaps_command(
     A 256x256 patch classifier (scaled with the preprocessing scale) slides over each
     preprocessed image with strides of about 70 px (the paper's stride-setting algorithm);
     each pixel gets the mean probability of the patches covering it. A raw manifest is first
-    preprocessed at the model's scale into OUT/preprocessed. Files are written atomically, so an
-    interrupted run can be continued with --resume. Exit status 1 when some images failed
-    (listed in OUT/errors.csv), 2 on unusable input.
+    preprocessed at the model's scale into OUT/preprocessed (reused on later runs while the
+    source files are unchanged). Files are written atomically, so an interrupted run can be
+    continued with --resume. An OUT that already holds heatmaps is refused unless --resume or
+    --overwrite is given. Exit status 1 when some images failed (listed in OUT/errors.csv), 2 on
+    unusable input.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -41,7 +47,7 @@ def heatmaps_command(
             bar.update(task, completed=done, total=total, rate=f"{rate:.2f} images/s")
 
         run = run_heatmaps(manifest, model, out, device=device, batch_size=batch_size, resume=resume,
-                           skip_background=skip_background, images_per_chunk=images_per_chunk, progress=progress)
+                           overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk, progress=progress)
     typer.echo(
         f"heatmaps: {len(run.computed)} computed, {len(run.reused)} reused, {len(run.errors)} failed "
         f"in {run.seconds:.1f} s -> {out}"
@@ -68,6 +74,7 @@ def predict_command(
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Write overlay PNGs and index.html."),
     max_pictures: Optional[int] = typer.Option(None, "--max-pictures", help="Draw pictures only for the N highest-scoring exams."),
     workers: int = typer.Option(1, "--workers", "-j", help="Parallel preprocessing processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the predictions of an earlier run in --out."),
 ) -> None:
     """Predict per-breast benign and malignant probabilities for every exam.
 
@@ -76,6 +83,8 @@ def predict_command(
     (exam_id, left_benign, left_malignant, right_benign, right_malignant; BI-RADS models add
     birads_0..2 and entropy), OUT/predictions.jsonl (per-view/branch outputs and provenance),
     OUT/errors.csv (exams that failed, with the reason), OUT/pictures/ and OUT/index.html.
+    An OUT that already holds predictions.csv is refused unless --overwrite is given; its
+    preprocessed/ and heatmaps/ subfolders are reused only where their inputs are unchanged.
     Exit status 1 when any exam failed (the others are still predicted), 2 on unusable input.
     Research software: not for clinical use.
     """
@@ -93,7 +102,7 @@ def predict_command(
         def progress(stage: str, exam_id: str) -> None:
             bar.update(task, stage=stage, advance=1 if stage == "predict" else 0)
 
-        run = predict(source, model, out, opts, progress)
+        run = predict(source, model, out, opts, progress, overwrite=overwrite)
     typer.echo(
         f"predicted {len(run.predictions)} exam(s), {len(run.errors)} failed in {run.seconds:.1f} s -> "
         f"{out / 'predictions.csv'}" + (f"; report {out / 'index.html'}" if pictures else "")

@@ -387,6 +387,43 @@ def read_heatmap_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[st
     return maps, meta
 
 
+def image_stat(path: str | os.PathLike[str]) -> dict[str, int]:
+    """``{"image_size", "image_mtime_ns"}`` of a preprocessed image file (``{}`` when it cannot be read).
+
+    Stored in every heatmap file; ``resume`` keeps a heatmap only while its image file is the
+    same, so heatmaps of a re-preprocessed (replaced) image are made again.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"image_size": int(st.st_size), "image_mtime_ns": int(st.st_mtime_ns)}
+
+
+def existing_heatmap_outputs(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Heatmap outputs already in ``out_dir``: ``heatmaps.jsonl`` and ``*.npz`` files (top level)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [out / INDEX_NAME] if (out / INDEX_NAME).is_file() else []
+    return found + sorted(p for p in out.glob("*" + HEATMAP_SUFFIX) if p.is_file())
+
+
+def check_heatmap_out_dir(out_dir: str | os.PathLike[str], resume: bool, overwrite: bool) -> None:
+    """Refuse to replace the heatmaps of an earlier run unless ``resume`` or ``overwrite`` is set."""
+    if resume and overwrite:
+        raise BreastscreenError("choose either --resume or --overwrite, not both")
+    if resume or overwrite:
+        return
+    found = existing_heatmap_outputs(out_dir)
+    if found:
+        raise BreastscreenError(
+            f"{out_dir} already holds heatmaps ({found[0].name}{' and more' if len(found) > 1 else ''}); "
+            "pass --resume to keep those made with the same checkpoint and images, --overwrite to replace them, "
+            "or choose another --out"
+        )
+
+
 @dataclass
 class HeatmapItem:
     """One image to process: its exam, view, position within the view, and the image reference."""
@@ -460,6 +497,7 @@ def generate_heatmaps(
     device: str | torch.device = "cpu",
     amp: bool | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     skip_background: bool = False,
     images_per_chunk: int = 4,
     progress: Callable[[HeatmapItem, str], None] | None = None,
@@ -468,14 +506,17 @@ def generate_heatmaps(
 
     Also writes ``heatmaps.jsonl`` (one line per image with its file), ``manifest.jsonl`` (the
     exams, each image's ``preprocessing`` record gaining ``heatmap_path``) and ``errors.csv``.
-    Images whose file exists with the same checkpoint hash and geometry are kept when
-    ``resume`` is set. ``progress(item, status)`` is called once per image with status
+    Images whose file exists with the same checkpoint hash, geometry and preprocessed image
+    (path, file size and modification time) are kept when ``resume`` is set. A folder that
+    already holds heatmaps is refused (:class:`BreastscreenError`) unless ``resume`` or
+    ``overwrite`` is set. ``progress(item, status)`` is called once per image with status
     ``computed``, ``reused`` or ``failed``. See the module docstring for chunking.
     """
     from breastscreen.data.manifest import write_manifest
 
     if images_per_chunk < 1:
         raise ValueError(f"images_per_chunk must be >= 1, got {images_per_chunk}")
+    check_heatmap_out_dir(out_dir, resume, overwrite)
     start_time = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -506,12 +547,17 @@ def generate_heatmaps(
 
     def is_done(it: HeatmapItem) -> bool:
         meta = read_heatmap_meta(target(it)) if resume else None
+        stat = image_stat(it.image.path) if meta else {}
         return bool(
             meta
             and meta.get("checkpoint_sha256") == checkpoint_sha256
             and meta.get("patch_size") == patch
             and meta.get("stride") == stride
             and meta.get("skip_background") == bool(skip_background)
+            # The same preprocessed image: a re-preprocessed or replaced one gets new heatmaps.
+            and meta.get("image_path") == it.image.path
+            and stat
+            and all(meta.get(k) == v for k, v in stat.items())
         )
 
     done_paths: dict[int, Path] = {}
@@ -527,8 +573,11 @@ def generate_heatmaps(
             continue
         # Recompute the whole chunk (same batches as an uninterrupted run), write what is missing.
         loaded, keep = [], []
+        stats: dict[int, dict[str, int]] = {}
         for j in chunk:
             it = items[j]
+            # Taken before reading, so an image replaced while it is read never looks unchanged later.
+            stats[j] = image_stat(it.image.path)
             try:
                 pixels, mask = load_preprocessed(it.image, skip_background)
             except (BreastscreenError, ValueError, OSError) as exc:
@@ -551,6 +600,7 @@ def generate_heatmaps(
                 "view": it.view,
                 "index": it.index,
                 "image_path": it.image.path,
+                **stats[j],
                 "channels": list(HEATMAP_CHANNELS),
                 "shape": list(result.maps.shape[1:]),
                 "checkpoint_sha256": checkpoint_sha256,
@@ -647,6 +697,7 @@ def run_heatmaps(
     device: str = "auto",
     batch_size: int = 256,
     resume: bool = False,
+    overwrite: bool = False,
     skip_background: bool = False,
     images_per_chunk: int = 4,
     workers: int = 1,
@@ -657,6 +708,9 @@ def run_heatmaps(
     ``manifest`` is a manifest path or a list of exams. Images without a preprocessing record are
     preprocessed at the checkpoint's ``scale`` (metadata; default 1.0) into
     ``out_dir/preprocessed``; exams that fail there are reported in ``errors.csv`` too.
+    An ``out_dir`` that already holds heatmaps (``heatmaps.jsonl`` or ``*.npz``) is refused
+    with :class:`BreastscreenError` unless ``resume`` (keep heatmaps made with the same
+    checkpoint from the same preprocessed images) or ``overwrite`` (recompute and replace them).
     ``progress(done, total, images_per_second)`` is called once per image.
     """
     from breastscreen.data.manifest import read_manifest
@@ -668,6 +722,8 @@ def run_heatmaps(
         raise BreastscreenError(f"--batch-size must be >= 1, got {batch_size}")
     if images_per_chunk < 1:
         raise BreastscreenError(f"--images-per-chunk must be >= 1, got {images_per_chunk}")
+    # Checked before anything is preprocessed or written.
+    check_heatmap_out_dir(out_dir, resume, overwrite)
     try:
         dev = resolve_device(device)
     except ValueError as exc:
@@ -700,7 +756,7 @@ def run_heatmaps(
     run = generate_heatmaps(
         exams, ckpt.model.to(dev), out, checkpoint_sha256=ckpt.sha256, checkpoint_name=ckpt.name,
         model_metadata=metadata, class_names=classes, batch_size=batch_size, device=dev, resume=resume,
-        skip_background=skip_background, images_per_chunk=images_per_chunk, progress=tick,
+        overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk, progress=tick,
     )
     if pre_errors:
         run.errors = pre_errors + run.errors

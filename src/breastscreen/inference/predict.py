@@ -60,6 +60,8 @@ from breastscreen.inference.heatmaps import (
 from breastscreen.labels import BIRADS_CLASSES, BREAST_LABELS, HEATMAP_CHANNELS
 
 BIRADS_COLUMNS: tuple[str, ...] = tuple(f"birads_{c}" for c in BIRADS_CLASSES)
+# Files whose presence marks an earlier prediction run in the output folder.
+RUN_OUTPUTS: tuple[str, ...] = ("predictions.csv", "predictions.jsonl", "run.json")
 # Errors that belong to one exam's data (never to the run as a whole).
 EXAM_ERRORS: tuple[type[BaseException], ...] = (BreastscreenError, ValueError, OSError, KeyError)
 
@@ -532,12 +534,15 @@ def predict(
     out_dir: str | os.PathLike[str],
     options: PredictOptions | None = None,
     progress: Callable[[str, str], None] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> PredictRun:
     """Predict every exam of ``source`` (manifest or folder) with ``models`` into ``out_dir``.
 
     ``progress(stage, exam_id)`` is called as work advances. User-input problems that concern
-    the whole run (no model, unreadable checkpoint, unknown model family) raise
-    :class:`BreastscreenError`; problems of one exam go to ``errors.csv``.
+    the whole run (no model, unreadable checkpoint, unknown model family, an ``out_dir`` that
+    already holds predictions while ``overwrite`` is False) raise :class:`BreastscreenError`;
+    problems of one exam go to ``errors.csv``.
     """
     from breastscreen.utils import resolve_device
 
@@ -550,6 +555,12 @@ def predict(
         raise BreastscreenError("give either --heatmaps DIR or --patch-model CKPT, not both")
     start = time.perf_counter()
     out = Path(out_dir)
+    earlier = [name for name in RUN_OUTPUTS if (out / name).is_file()]
+    if earlier and not overwrite:
+        raise BreastscreenError(
+            f"{out} already holds predictions of an earlier run ({earlier[0]}); "
+            "pass --overwrite to replace them or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     try:
         device = resolve_device(opts.device)
@@ -651,7 +662,10 @@ def _write_outputs(out: Path, columns: list[str], predictions: list[ExamPredicti
             w = csv.writer(fh)
             w.writerow(["exam_id", "reason"])
             w.writerows(errors)
-    if skipped:
+    if not skipped:
+        # An overwritten run must not keep the previous run's list.
+        (out / "skipped_files.csv").unlink(missing_ok=True)
+    else:
         with atomic_path(out / "skipped_files.csv") as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)

@@ -20,14 +20,17 @@ def preprocess_command(
         False, "--keep-background", help="Keep pixels outside the breast mask inside the crop box (labels, film edges)."
     ),
 ) -> None:
-    """Crop each mammogram to the breast, flip it so the chest wall is on the left, resample it to
-    0.1/SCALE mm pixels and place the NYU / MV-DCN model windows; crop ultrasound images to their
-    field of view (dropping nearly empty images and exact duplicates).
+    """Crop, orient and resample mammograms (and crop ultrasound images) for the models.
+
+    Crops each mammogram to the breast, flips it so the chest wall is on the left, resamples it
+    to 0.1/SCALE mm pixels and places the NYU / MV-DCN model windows; crops ultrasound images to
+    their field of view (dropping nearly empty images and exact duplicates).
 
     Writes 16-bit PNGs, breast masks, moved lesion masks, a new manifest recording the crop box,
     flip, resample factor and windows of every image (so results map back to the original
     pixels), and errors.csv. Exit status: 0 when every exam succeeded, 1 when some exams failed
-    (the others are still written), 2 on unusable input or when no exam succeeded.
+    (the others are still written), 2 on unusable input or when no exam succeeded. With --resume,
+    an image is preprocessed again when its source file's size or modification time changed.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

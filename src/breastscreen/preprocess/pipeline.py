@@ -101,9 +101,34 @@ def _source_key(image: ImageRef) -> tuple[str, int | None]:
     return (os.path.abspath(image.path), image.frame)
 
 
+def source_stat(path: str | os.PathLike[str]) -> dict[str, int]:
+    """``{"source_size", "source_mtime_ns"}`` of a source image file (``{}`` when it cannot be read).
+
+    Recorded in every preprocessing record so that a later ``resume`` reuses an output only
+    while its source file is unchanged (a replaced image at the same path is preprocessed again).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"source_size": int(st.st_size), "source_mtime_ns": int(st.st_mtime_ns)}
+
+
+def _reusable(prior: ImageRef, image: ImageRef, scale: float) -> bool:
+    """Is the earlier output ``prior`` still valid for source ``image`` at ``scale``?"""
+    rec = prior.preprocessing or {}
+    if rec.get("scale", scale) != scale or not _outputs_exist(prior):
+        return False
+    # Records written before the source size/mtime were stored cannot be checked: redo them.
+    now = source_stat(image.path)
+    return bool(now) and all(rec.get(k) == v for k, v in now.items())
+
+
 def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: float, suppress: bool) -> ImageRef:
     from breastscreen.data.readers import load_image
 
+    # Taken before reading, so a file replaced while it is read never looks unchanged later.
+    stat = source_stat(image.path)
     data = load_image(image.path, frame=image.frame)
     spacing = image.pixel_spacing or data.pixel_spacing
     res = mammo.preprocess_image(
@@ -130,6 +155,7 @@ def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: 
             rois.append(ROI(box, roi.label, roi.kind))
     rec["rois_dropped"] = len(image.rois) - len(rois)
     rec["source_path"] = str(Path(image.path).resolve())
+    rec.update(stat)
     if image.frame is not None:
         rec["source_frame"] = image.frame
     rec["breast_mask_path"] = str(mask_path.resolve())
@@ -141,6 +167,7 @@ def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef 
     """Returns (new image or None when excluded, exclusion reason, pixel hash)."""
     from breastscreen.data.readers import load_image
 
+    stat = source_stat(image.path)
     data = load_image(image.path, frame=image.frame)
     digest = ultrasound.pixel_hash(data.pixels)
     zf = ultrasound.zero_fraction(data.pixels)
@@ -169,6 +196,7 @@ def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef 
         breast_mask_path=str(mask_path.resolve()),
         resample=1.0,
         rois_dropped=len(image.rois) - len(rois),
+        **stat,
     )
     if image.frame is not None:
         rec["source_frame"] = image.frame
@@ -193,7 +221,7 @@ def preprocess_exam(
         for k, image in enumerate(images):
             stem = _stem(exam.exam_id, view, k)
             reused = (prior or {}).get(_source_key(image))
-            if reused is not None and (reused.preprocessing or {}).get("scale", scale) == scale and _outputs_exist(reused):
+            if reused is not None and _reusable(reused, image, scale):
                 views[view].append(reused)
                 continue
             try:
@@ -264,8 +292,9 @@ def preprocess_manifest(
     (``failed``: the exam was left out; ``excluded``: one ultrasound image was dropped by
     the zero-pixel or duplicate rule) and reason. ``on_error="raise"`` raises
     :class:`PreprocessError` for the first failed exam instead. An existing manifest in
-    ``out_dir`` is refused unless ``resume`` (images already done are reused) or
-    ``overwrite``. ``workers > 1`` preprocesses exams in parallel processes.
+    ``out_dir`` is refused unless ``resume`` (images already done are reused while their
+    source file keeps the size and modification time recorded as ``source_size`` and
+    ``source_mtime_ns``; otherwise they are preprocessed again) or ``overwrite``. ``workers > 1`` preprocesses exams in parallel processes.
     """
     if not scale > 0:
         raise PreprocessError(f"--scale must be > 0, got {scale}")

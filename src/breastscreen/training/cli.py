@@ -65,10 +65,12 @@ def train_command(
         typer.echo(f"ensemble manifest: {outcome.ensemble}")
 
 
-_SEARCH_HELP = """Random hyper-parameter search for KIND: sample the parameters declared in --space
-(log or linear scales, or choices), train one run per trial, rank the trials by their best
-validation value of the monitored metric and write OUT/search.json, OUT/search.csv and an
-ensemble manifest OUT/ensemble.json of the top --top-k trials.
+_SEARCH_HELP = """Random hyper-parameter search for KIND: train one run per sampled trial and rank the trials.
+
+Samples the parameters declared in --space (log or linear scales, or choices), trains one run
+per trial, ranks the trials by their best validation value of the monitored metric and writes
+OUT/search.json, OUT/search.csv and an ensemble manifest OUT/ensemble.json of the top --top-k
+trials.
 
 space.yaml example:
 
