@@ -74,8 +74,6 @@ def test_busi_folder_predicts_one_bag_per_image_with_attention_and_picture(busi,
     assert len(list((tmp_path / "pred" / "pictures").glob("*_U.png"))) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="U-US (unknown-side) bags are not yet in predictions.csv nor in the "
-                                       "evaluation labels; see the ultrasound report to the lead")
 def test_busi_evaluate_gives_breast_level_auroc(busi, tmp_path):
     _invoke(["manifest", "adapt", "busi", busi, "--out", tmp_path / "busi.jsonl"])
     _invoke(["predict", tmp_path / "busi.jsonl", "--model", tmp_path / "us.safetensors", "--out", tmp_path / "pred",
@@ -86,3 +84,24 @@ def test_busi_evaluate_gives_breast_level_auroc(busi, tmp_path):
     # every BUSI image is one breast-level unit: 5 units, 2 of them malignant
     assert metrics["breast"]["malignant"]["n"] == 5
     assert metrics["breast"]["malignant"]["n_positive"] == 2
+    assert metrics["breast"]["benign"]["n_positive"] == 2
+
+
+def test_busi_folder_one_command_each(busi, tmp_path):
+    """`predict BUSI_DIR` adapts the folder itself and saves the manifest it used for `evaluate --labels`."""
+    _invoke(["predict", busi, "--model", tmp_path / "us.safetensors", "--out", tmp_path / "pred", "--device", "cpu",
+             "--no-pictures"])
+    pred = tmp_path / "pred"
+    header = (pred / "predictions.csv").read_text().splitlines()[0].split(",")
+    assert header == ["exam_id", "left_benign", "left_malignant", "right_benign", "right_malignant",
+                      "unknown_benign", "unknown_malignant"]
+    assert len((pred / "predictions.csv").read_text().splitlines()) == 6  # masks are not images
+    assert not (pred / "errors.csv").read_text().strip().splitlines()[1:]
+    _invoke(["evaluate", "--predictions", pred / "predictions.csv", "--labels", pred / "manifest.jsonl",
+             "--out", tmp_path / "ev", "--bootstrap", "0", "--permutations", "0"])
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["breast"]["malignant"]["n"] == 5 and metrics["breast"]["malignant"]["n_positive"] == 2
+    # a second run into the same folder must not silently replace the saved manifest
+    r = CliRunner().invoke(_app(), ["predict", str(busi), "--model", str(tmp_path / "us.safetensors"),
+                                    "--out", str(pred), "--device", "cpu", "--no-pictures"])
+    assert r.exit_code != 0

@@ -20,6 +20,7 @@ from breastscreen.data.types import view_side
 from breastscreen.evaluation import birads as birads_mod
 from breastscreen.evaluation.io import (
     BIRADS_COLUMNS,
+    UNKNOWN_COLUMNS,
     EvaluationInputError,
     branch_columns,
     validate_labels,
@@ -191,16 +192,23 @@ def build_units(predictions: pd.DataFrame, labels: pd.DataFrame, level: str = "b
 
     Exam level: a label is 1 when either breast's label is 1, 0 when both are known 0, else
     unknown; the score is the maximum over the breasts with a prediction.
+
+    Unknown-laterality ultrasound bags (``U-US``; prediction columns ``unknown_benign,
+    unknown_malignant``, labels of the same names) are a third breast ``U``: one unit per exam
+    whose ``U`` prediction is not empty, labelled from the ``unknown_*`` label columns (unknown
+    when absent). In an exam with a ``U`` unit, left/right rows with neither a prediction nor a
+    label are dropped, so the exam-level label and score come from the breasts that exist.
     """
     fields = [c for c in labels.columns
-              if c not in ("exam_id", "left_benign", "left_malignant", "right_benign", "right_malignant")]
+              if c not in ("exam_id", "left_benign", "left_malignant", "right_benign", "right_malignant")
+              + UNKNOWN_COLUMNS]
     lab = labels.set_index("exam_id")
     rows = []
     if predictions.attrs.get("kind") == "image":
         if level != "image":
             raise EvaluationInputError(f"image-level predictions (a 'view' column) can only be evaluated with level 'image', got {level!r}")
         for r in predictions.itertuples(index=False):
-            side = view_side(r.view)
+            side = view_side(r.view) or ("U" if r.view == "U-US" else None)
             if side is None:
                 continue
             rows.append({"exam_id": r.exam_id, "side": side, "view": r.view, "s_benign": r.benign, "s_malignant": r.malignant})
@@ -222,17 +230,27 @@ def build_units(predictions: pd.DataFrame, labels: pd.DataFrame, level: str = "b
                         row[f"{b}_benign"] = r[f"{b}_{prefix}_benign"]
                         row[f"{b}_malignant"] = r[f"{b}_{prefix}_malignant"]
                     rows.append(row)
+            if level != "image" and all(c in r for c in UNKNOWN_COLUMNS):
+                su, sm = r["unknown_benign"], r["unknown_malignant"]
+                if np.isfinite(su) or np.isfinite(sm):
+                    rows.append({"exam_id": r["exam_id"], "side": "U", "s_benign": su, "s_malignant": sm})
     units = pd.DataFrame(rows)
     if units.empty:
         raise EvaluationInputError("no predictions to evaluate")
-    prefix = units["side"].map({"L": "left", "R": "right"})
+    prefix = units["side"].map({"L": "left", "R": "right", "U": "unknown"})
     ex = units["exam_id"].to_numpy()
     for t in ("benign", "malignant"):
-        vals = np.empty(len(units))
-        for p in ("left", "right"):
+        vals = np.full(len(units), np.nan)
+        for p in ("left", "right", "unknown"):
             m = (prefix == p).to_numpy()
-            vals[m] = lab.loc[ex[m], f"{p}_{t}"].to_numpy(dtype=float)
+            if m.any() and f"{p}_{t}" in lab.columns:
+                vals[m] = lab.loc[ex[m], f"{p}_{t}"].to_numpy(dtype=float)
         units[f"y_{t}"] = vals
+    if (units["side"] == "U").any():
+        has_u = units["exam_id"].isin(units.loc[units["side"] == "U", "exam_id"])
+        empty = units[["s_benign", "s_malignant", "y_benign", "y_malignant"]].astype(float).isna().all(axis=1)
+        units = units[~(has_u & empty & units["side"].isin(["L", "R"]))].reset_index(drop=True)
+        ex = units["exam_id"].to_numpy()
     for f in fields:
         units[f] = lab.loc[ex, f].to_numpy()
     if level == "exam":
@@ -383,7 +401,8 @@ def _population_mask(units: pd.DataFrame, labels: pd.DataFrame, population: str)
         if "biopsied" in labels.columns:
             flag = pd.Series(_truthy(labels["biopsied"]), index=labels["exam_id"].to_numpy())
         else:
-            pos = labels[["left_benign", "left_malignant", "right_benign", "right_malignant"]].to_numpy(dtype=float)
+            pos = labels[["left_benign", "left_malignant", "right_benign", "right_malignant"]
+                         + [c for c in UNKNOWN_COLUMNS if c in labels.columns]].to_numpy(dtype=float)
             flag = pd.Series((pos == 1).any(axis=1), index=labels["exam_id"].to_numpy())
         return flag.loc[units["exam_id"].to_numpy()].to_numpy(dtype=bool)
     if population not in labels.columns:

@@ -4,14 +4,18 @@ Predictions CSV (one row per exam)
     ``exam_id, left_benign, left_malignant, right_benign, right_malignant`` (probabilities in
     [0, 1]; empty = breast not predicted).  Optional: ``birads_0, birads_1, birads_2`` (all
     three) and ``entropy`` for BI-RADS models; per-branch outputs named
-    ``<branch>_<side>_<label>`` with branch ``cc`` or ``mlo`` (e.g. ``cc_left_malignant``).
+    ``<branch>_<side>_<label>`` with branch ``cc`` or ``mlo`` (e.g. ``cc_left_malignant``);
+    ``unknown_benign, unknown_malignant`` (both) for the unknown-laterality ultrasound bag
+    (``U-US``), evaluated as a third breast ``U`` (empty = the exam has no such bag).
 Image-level predictions CSV (one row per image)
     ``exam_id, view, benign, malignant`` with ``view`` one of L-CC, R-CC, L-MLO, R-MLO,
-    L-US, R-US (optional ``image_id``).
+    L-US, R-US, U-US (optional ``image_id``).
 Labels
     CSV ``exam_id, left_benign, left_malignant, right_benign, right_malignant`` (0/1, empty =
-    unknown) plus optional ``patient_id, age, density, birads, device, biopsied`` and any other
-    column (usable with ``--subgroup``); or a manifest ``.jsonl`` (labels, patient id, age,
+    unknown) plus optional ``unknown_benign, unknown_malignant`` (label of the ``U-US`` bag),
+    ``patient_id, age, density, birads, device, biopsied`` and any other
+    column (usable with ``--subgroup``); or a manifest ``.jsonl`` (labels, ``U-US`` labels from
+    ``meta.label_U`` when some exam has a ``U-US`` bag, patient id, age,
     density, BI-RADS, study date, exam ``meta`` fields and the image ``meta`` fields
     device/manufacturer/vendor/model when all images agree).
 """
@@ -31,6 +35,7 @@ from breastscreen.labels import BREAST_LABELS
 __all__ = [
     "EvaluationInputError",
     "BRANCHES",
+    "UNKNOWN_COLUMNS",
     "BIRADS_COLUMNS",
     "branch_columns",
     "read_table",
@@ -44,6 +49,8 @@ __all__ = [
 BRANCHES: tuple[str, ...] = ("cc", "mlo")
 BIRADS_COLUMNS: tuple[str, ...] = ("birads_0", "birads_1", "birads_2")
 IMAGE_LEVEL_COLUMNS: tuple[str, ...] = ("exam_id", "view", "benign", "malignant")
+# Unknown-laterality (U-US) bag: optional prediction and label columns, evaluated as breast "U".
+UNKNOWN_COLUMNS: tuple[str, ...] = ("unknown_benign", "unknown_malignant")
 _IMAGE_META_KEYS: tuple[str, ...] = ("device", "manufacturer", "vendor", "model")
 
 
@@ -131,6 +138,17 @@ def _check_ids(df: pd.DataFrame, what: str, key: tuple[str, ...] | None = ("exam
         )
 
 
+def _unknown_columns(df: pd.DataFrame, what: str) -> tuple[str, ...]:
+    """``UNKNOWN_COLUMNS`` when the table has them (both), ``()`` when it has neither."""
+    present = [c for c in UNKNOWN_COLUMNS if c in df.columns]
+    if present and len(present) != len(UNKNOWN_COLUMNS):
+        raise EvaluationInputError(
+            f"{_where(df)}: {what} with an unknown-side bag need both {', '.join(UNKNOWN_COLUMNS)}, "
+            f"found only {', '.join(present)}"
+        )
+    return UNKNOWN_COLUMNS if present else ()
+
+
 def validate_predictions(df: pd.DataFrame) -> pd.DataFrame:
     """Check and convert a predictions table (exam-level wide form or image-level long form).
 
@@ -158,6 +176,8 @@ def validate_predictions(df: pd.DataFrame) -> pd.DataFrame:
     df["exam_id"] = df["exam_id"].astype(str).str.strip()
     _check_ids(df, "predictions")
     for c in BREAST_LABELS:
+        df[c] = _numeric(df, c, 0.0, 1.0, "prediction")
+    for c in _unknown_columns(df, "predictions"):
         df[c] = _numeric(df, c, 0.0, 1.0, "prediction")
     present = [c for c in BIRADS_COLUMNS if c in df.columns]
     if present and len(present) != len(BIRADS_COLUMNS):
@@ -197,7 +217,7 @@ def validate_labels(df: pd.DataFrame) -> pd.DataFrame:
     _require(df, ("exam_id",) + BREAST_LABELS, "a labels table")
     df["exam_id"] = df["exam_id"].astype(str).str.strip()
     _check_ids(df, "labels")
-    for c in BREAST_LABELS:
+    for c in BREAST_LABELS + _unknown_columns(df, "labels"):
         raw = df[c]
         # pandas keeps NaN through astype(str); make unknowns explicit empty strings first.
         text = raw.astype(object).where(raw.notna(), "").astype(str).str.strip().str.lower()
@@ -227,11 +247,16 @@ def validate_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 def labels_from_exams(exams: list[Any]) -> pd.DataFrame:
     """Labels table from :class:`~breastscreen.data.types.Exam` objects (manifest)."""
+    from breastscreen.data.bags import unknown_side_label
+
     rows = []
+    # U-US bag labels (meta.label_U) become unknown_* columns when some exam has a U-US bag or label.
+    with_unknown = any(e.views.get("U-US") or e.meta.get("label_U") for e in exams)
     for e in exams:
         row: dict[str, Any] = {"exam_id": e.exam_id}
-        for side, prefix in (("L", "left"), ("R", "right")):
-            lab = e.label(side)
+        sides = (("L", "left"), ("R", "right")) + ((("U", "unknown"),) if with_unknown else ())
+        for side, prefix in sides:
+            lab = unknown_side_label(e) if side == "U" else e.label(side)
             row[f"{prefix}_benign"] = np.nan if lab.benign is None else float(lab.benign)
             row[f"{prefix}_malignant"] = np.nan if lab.malignant is None else float(lab.malignant)
         row["patient_id"] = e.patient_id
@@ -261,7 +286,7 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
         from breastscreen.data.manifest import read_manifest
 
         df = labels_from_exams(read_manifest(path))
-        df = df.astype({c: object for c in df.columns if c not in BREAST_LABELS and c != "age"})
+        df = df.astype({c: object for c in df.columns if c not in BREAST_LABELS + UNKNOWN_COLUMNS and c != "age"})
         df.attrs["source"] = str(path)
         for c in ("patient_id", "density", "birads"):
             if c in df.columns:

@@ -22,7 +22,12 @@ Missing views and several images per view (documented behaviour):
 * image: each image is predicted alone; a breast's probability is the mean over all its images
   (CC and MLO, every image of a view); a breast without images gets no value (empty CSV cell).
 * us: all images of a breast form one bag; images of unknown laterality (``U-US``) form their own
-  bag reported as breast ``U`` in ``predictions.jsonl`` (not in the CSV columns).
+  bag reported as breast ``U`` in ``predictions.jsonl`` and, when any exam has one, in the
+  extra CSV columns ``unknown_benign, unknown_malignant`` (after the usual columns).
+
+A folder in the BUSI layout (``benign/``, ``malignant/``, ``normal/`` holding ``<class> (N).png``)
+is read with the BUSI adapter (one ``U-US`` exam per image, masks attached, not predicted) and
+the manifest used is saved as ``OUT/manifest.jsonl`` (labels included, for ``evaluate --labels``).
 
 One failed exam (unreadable image, no breast found, missing heatmap) goes to ``errors.csv`` and
 the rest of the batch completes. Numbers are deterministic on CPU for the same inputs,
@@ -60,6 +65,10 @@ from breastscreen.inference.heatmaps import (
 from breastscreen.labels import BIRADS_CLASSES, BREAST_LABELS, HEATMAP_CHANNELS
 
 BIRADS_COLUMNS: tuple[str, ...] = tuple(f"birads_{c}" for c in BIRADS_CLASSES)
+# CSV columns of the unknown-laterality (``U-US``) bag, added only when some exam has one.
+UNKNOWN_COLUMNS: tuple[str, ...] = ("unknown_benign", "unknown_malignant")
+# Manifest written into the output folder when predict built it from a dataset folder (BUSI).
+INPUT_MANIFEST = "manifest.jsonl"
 # Files whose presence marks an earlier prediction run in the output folder.
 RUN_OUTPUTS: tuple[str, ...] = ("predictions.csv", "predictions.jsonl", "run.json")
 # Errors that belong to one exam's data (never to the run as a whole).
@@ -468,6 +477,22 @@ def _attribute(problems: Sequence[tuple[str, str]], exam_ids: Iterable[str]) -> 
     return per_exam, rest
 
 
+def is_busi_folder(folder: Path) -> bool:
+    """True when ``folder`` has the BUSI layout: a ``benign/``, ``malignant/`` or ``normal/``
+    subfolder holding at least one ``<class> (N).png`` (BUSI names have no ``<exam_id>_`` prefix,
+    so the generic folder builder cannot place them)."""
+    import re
+
+    found = False
+    for cls in ("benign", "malignant", "normal"):
+        sub = folder / cls
+        if sub.is_dir():
+            pat = re.compile(rf"^{cls} \(\d+\)\.png$", re.IGNORECASE)
+            if any(pat.match(f.name) for f in sub.iterdir()):
+                found = True
+    return found
+
+
 def load_inputs(source: str | os.PathLike[str]) -> tuple[list[Exam], list[tuple[str, str]], list[tuple[str, str]]]:
     """Exams from a manifest file or a folder; returns (exams, exam errors, unassigned file problems).
 
@@ -478,6 +503,11 @@ def load_inputs(source: str | os.PathLike[str]) -> tuple[list[Exam], list[tuple[
     from breastscreen.data.manifest import read_manifest
 
     p = Path(source)
+    if p.is_dir() and is_busi_folder(p):
+        from breastscreen.data.adapters import adapt_busi
+
+        problems: list[tuple[str, str]] = []
+        return adapt_busi(p, problems), [], problems
     if p.is_dir():
         from breastscreen.data.build import build_manifest
 
@@ -571,6 +601,13 @@ def predict(
     adapter_cls = ADAPTERS[m0.family]
 
     exams, errors, skipped = load_inputs(source)
+    if Path(source).is_dir() and is_busi_folder(Path(source)):
+        from breastscreen.data.manifest import write_manifest
+
+        target = out / INPUT_MANIFEST
+        if target.exists() and not overwrite:
+            raise BreastscreenError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
+        write_manifest(exams, target)
     modality = adapter_cls.modality
     wrong = [e for e in exams if e.modality is not modality]
     errors += [(e.exam_id, f"modality {e.modality.value} cannot be read by a {m0.family} model ({m0.name})") for e in wrong]
@@ -646,12 +683,17 @@ def _write_outputs(out: Path, columns: list[str], predictions: list[ExamPredicti
                    skipped: list[tuple[str, str]], provenance: dict[str, Any]) -> None:
     from breastscreen.utils import atomic_path
 
+    unknown = any((p.details.get("breasts") or {}).get("U") for p in predictions)
     with atomic_path(out / "predictions.csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["exam_id", *columns])
+            w.writerow(["exam_id", *columns, *(UNKNOWN_COLUMNS if unknown else ())])
             for p in predictions:
-                w.writerow([p.exam_id, *(_fmt(p.values.get(c)) for c in columns)])
+                row = [p.exam_id, *(_fmt(p.values.get(c)) for c in columns)]
+                if unknown:
+                    bag = (p.details.get("breasts") or {}).get("U") or {}
+                    row += [_fmt(bag.get("benign")), _fmt(bag.get("malignant"))]
+                w.writerow(row)
     with atomic_path(out / "predictions.jsonl") as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for p in predictions:
