@@ -52,6 +52,23 @@ def check_count(name: str, value: int, minimum: int = 1) -> int:
     return int(value)
 
 
+FORMATS: tuple[str, ...] = ("png", "dicom")
+
+
+def check_format(fmt: str) -> str:
+    """Return ``fmt`` after checking it is one of :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise BreastscreenError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def check_id_prefix(id_prefix: str | None) -> str | None:
+    """Return ``id_prefix`` after checking it holds no underscore (the file-name separator) or path separator."""
+    if id_prefix is not None and ("_" in id_prefix or "/" in id_prefix or os.sep in id_prefix):
+        raise BreastscreenError(f"id_prefix must not contain '_' or path separators, got {id_prefix!r}")
+    return id_prefix
+
+
 def sub_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     """Independent generator for item ``index`` and purpose ``stream`` of a cohort seeded ``seed``."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))

@@ -53,7 +53,6 @@ DETECTOR_MM = (FULL_SHAPE[0] * REF_SPACING_MM, FULL_SHAPE[1] * REF_SPACING_MM)
 DENSITY_FRACTION = {"A": (0.03, 0.12), "B": (0.15, 0.33), "C": (0.40, 0.60), "D": (0.65, 0.85)}
 DENSITY_PROBS = {"A": 0.1, "B": 0.4, "C": 0.4, "D": 0.1}
 BIRADS_SEVERITY = ("1", "2", "3", "0", "4", "5")  # least to most concerning
-FORMATS = ("png", "dicom")
 # Texture is synthesised on a grid no finer than this and interpolated up: the 1/f^3 spectrum
 # carries almost no power above it, and full-resolution exams stay fast.
 _TEXTURE_MM = 0.4
@@ -815,12 +814,10 @@ def generate_mammo_cohort(
     n_exams = C.check_count("n_exams", n_exams)
     seed = C.check_seed(seed)
     scale = _check_scale(scale)
-    if fmt not in FORMATS:
-        raise BreastscreenError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    C.check_format(fmt)
     prevalence = C.check_fraction("prevalence", prevalence)
     benign_prevalence = C.check_fraction("benign_prevalence", benign_prevalence)
-    if id_prefix is not None and ("_" in id_prefix or "/" in id_prefix or os.sep in id_prefix):
-        raise BreastscreenError(f"id_prefix must not contain '_' or path separators, got {id_prefix!r}")
+    C.check_id_prefix(id_prefix)
     out = C.prepare_out_dir(out_dir, overwrite)
     exams: list[Exam] = []
     for i in range(n_exams):

@@ -41,7 +41,6 @@ from breastscreen.errors import BreastscreenError
 from breastscreen.synthetic import _common as C
 
 MAX_IMAGES = 20
-FORMATS = ("png", "dicom")
 US_BIRADS_SEVERITY = ("1", "2", "3", "4", "4A", "4B", "4C", "5")
 _US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
@@ -377,10 +376,8 @@ def generate_us_cohort(
             f"prevalence + benign_prevalence must be <= 1 (one finding per breast), got {prevalence} + {benign_prevalence}"
         )
     both_breasts = C.check_fraction("both_breasts", both_breasts)
-    if fmt not in FORMATS:
-        raise BreastscreenError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if id_prefix is not None and ("_" in id_prefix or "/" in id_prefix or os.sep in id_prefix):
-        raise BreastscreenError(f"id_prefix must not contain '_' or path separators, got {id_prefix!r}")
+    C.check_format(fmt)
+    C.check_id_prefix(id_prefix)
     out = C.prepare_out_dir(out_dir, overwrite)
     prefix = f"us{seed}-" if id_prefix is None else id_prefix
     exams = []
