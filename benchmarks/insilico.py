@@ -219,7 +219,7 @@ def main() -> None:
     pbest = max(prow, key=lambda r: float(r["val_auc"]))
     # Reference point: the patch heatmaps alone (max of each heatmap over a breast's images).
     from breastscreen.data.manifest import read_manifest
-    from breastscreen.inference.heatmaps import heatmap_filename, read_heatmap_file
+    from breastscreen.data.heatmaps import heatmap_filename, read_heatmap_file
     from breastscreen.training.recipes.patch import breast_max_scores
 
     test_exams = read_manifest(m["test"])

@@ -188,7 +188,7 @@ class ImagePredictions:
 def heatmap_maxima(model: torch.nn.Module, exams: Sequence[Exam], patch: int, stride: int,
                    batch_size: int = 256, chunk: int = 8) -> ImagePredictions:
     """Benign/malignant heatmaps of every image (windows without breast skipped) and their maxima in the breast."""
-    from breastscreen.inference.heatmaps import SlidingWindowHeatmapper, heatmap_items, load_preprocessed
+    from breastscreen.inference.heatmap_runner import SlidingWindowHeatmapper, heatmap_items, load_preprocessed
     from breastscreen.labels import HEATMAP_CHANNELS
 
     inferer = SlidingWindowHeatmapper(model, patch, stride, batch_size=batch_size, device="cpu", amp=False,
@@ -323,7 +323,7 @@ def train_fold(train_exams: Sequence[Exam], run_dir: Path, args: argparse.Namesp
 
 def run_fold(k: int, exams: Sequence[Exam], folds: dict[str, int], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Train on the other folds and predict fold ``k``'s patches and images; cached in ``fold_k/predictions.npz``."""
-    from breastscreen.inference.heatmaps import patch_geometry
+    from breastscreen.specs.mammo import patch_geometry
     from breastscreen.models import load_checkpoint
 
     fold_dir = work / f"fold_{k}"

@@ -55,7 +55,7 @@ def run_demo(
     from breastscreen.evaluation.evaluate import EvalConfig, evaluate
     from breastscreen.evaluation.io import read_labels, read_predictions
     from breastscreen.evaluation.report import write_outputs
-    from breastscreen.inference.heatmaps import run_heatmaps
+    from breastscreen.inference.heatmap_runner import run_heatmaps
     from breastscreen.inference.predict import PredictOptions, predict
     from breastscreen.models import load_checkpoint
     from breastscreen.preprocess.pipeline import preprocess_manifest

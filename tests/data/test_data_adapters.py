@@ -22,6 +22,7 @@ from breastscreen.data.adapters import (
 from breastscreen.data.bags import breast_bags
 from breastscreen.data.manifest import read_manifest
 from breastscreen.data.readers import load_image
+from breastscreen.data.types import BreastLabel
 from breastscreen.errors import ManifestError
 from data_dicom_factory import make_dicom
 
@@ -117,6 +118,7 @@ def test_bus_bra_fixture(tmp_path: Path) -> None:
     assert bag[1][1].rois[0].box == (25, 15, 30, 20)  # clipped to the real 30x20 image
     assert bag[1][0].masks[0].label == "malignant"
     assert breast_bags(exams[1])[0][2].benign == 1
+    assert e1.labels == {"U": BreastLabel(0, 1)} and "label_U" not in e1.meta
 
 
 def test_bus_bra_real_counts(shared_data: Path) -> None:
@@ -148,8 +150,8 @@ def test_busi_fixture(tmp_path: Path) -> None:
     assert [e.exam_id for e in exams] == ["busi-benign-1", "busi-malignant-10", "busi-normal-2"]
     b, m, n = exams
     assert [Path(x.path).name for x in b.views["U-US"][0].masks] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
-    assert m.meta["label_U"] == {"benign": 0, "malignant": 1}
-    assert n.views["U-US"][0].masks == [] and n.meta["label_U"] == {"benign": 0, "malignant": 0}
+    assert m.labels == {"U": BreastLabel(0, 1)} and "label_U" not in m.meta
+    assert n.views["U-US"][0].masks == [] and n.label("U") == BreastLabel(0, 0)
     assert [Path(p).name for p, _ in problems] == ["stray.png"]
     with pytest.raises(ManifestError, match="BUSI layout"):
         adapt_busi(tmp_path / "empty_nothing")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,7 +51,7 @@ def test_u_units_at_breast_and_exam_level(tmp_path):
 def test_manifest_labels_take_u_label_and_plain_tables_are_unchanged(tmp_path):
     img = ImageRef(path=str(tmp_path / "a.png"))
     exams = [Exam(exam_id="b1", modality=Modality.US, views={"U-US": [img]},
-                  meta={"label_U": {"benign": 0, "malignant": 1}}),
+                  labels={"U": BreastLabel(0, 1)}),
              Exam(exam_id="b2", modality=Modality.US, views={"L-US": [img]}, labels={"L": BreastLabel(1, 0)})]
     write_manifest(exams, tmp_path / "m.jsonl")
     lab = read_labels(tmp_path / "m.jsonl")
@@ -60,6 +62,16 @@ def test_manifest_labels_take_u_label_and_plain_tables_are_unchanged(tmp_path):
     # a manifest without any U-US bag gives the same columns as before
     write_manifest(exams[1:], tmp_path / "m2.jsonl")
     assert "unknown_malignant" not in read_labels(tmp_path / "m2.jsonl").columns
+
+
+def test_legacy_manifest_with_meta_label_u_gives_the_same_labels(tmp_path):
+    old = {"exam_id": "b1", "modality": "US", "views": {"U-US": [{"path": "a.png"}]},
+           "meta": {"dataset": "BUSI", "label_U": {"benign": 0, "malignant": 1}}}
+    (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
+    write_manifest([Exam(exam_id="b1", modality=Modality.US, views={"U-US": [ImageRef(str(tmp_path / "a.png"))]},
+                         labels={"U": BreastLabel(0, 1)}, meta={"dataset": "BUSI"})], tmp_path / "new.jsonl")
+    pd.testing.assert_frame_equal(read_labels(tmp_path / "old.jsonl"), read_labels(tmp_path / "new.jsonl"))
+    assert read_labels(tmp_path / "old.jsonl").loc[0, "unknown_malignant"] == 1
 
 
 def test_unknown_columns_come_in_pairs(tmp_path):

@@ -11,7 +11,8 @@ from PIL import Image
 from torch import nn
 
 from breastscreen.data.types import Exam, ImageRef
-from breastscreen.inference.heatmaps import generate_heatmaps, read_heatmap_file
+from breastscreen.data.heatmaps import read_heatmap_file
+from breastscreen.inference.heatmap_runner import generate_heatmaps
 from breastscreen.labels import PATCH_CLASSES
 
 SCALE = 0.0625  # patch 16, stride 4

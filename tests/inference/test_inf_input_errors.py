@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from breastscreen.errors import BreastscreenError
-from breastscreen.inference.heatmaps import patch_classes, run_heatmaps
+from breastscreen.inference.heatmap_runner import patch_classes, run_heatmaps
 from breastscreen.models import create_model, load_checkpoint, save_checkpoint
 
 

@@ -19,7 +19,7 @@ SCALE = 0.0625
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     from breastscreen.data.manifest import read_manifest, write_manifest
-    from breastscreen.inference.heatmaps import heatmap_filename, write_heatmap_file
+    from breastscreen.data.heatmaps import heatmap_filename, write_heatmap_file
     from breastscreen.preprocess.pipeline import preprocess_manifest
     from breastscreen.synthetic.mammo import generate_mammo_cohort
 

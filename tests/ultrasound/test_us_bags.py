@@ -100,7 +100,7 @@ def test_breasts_from_exams_labels_and_birads(us_files):
     exams = [
         _exam("e1", {"L-US": paths[:2], "R-US": paths[2:3]},
               {"L": BreastLabel(0, 1), "R": BreastLabel(1, 0)}, birads=["3", "4B"]),
-        _exam("e2", {"U-US": paths[3:]}, {}, meta={"label_U": {"benign": 0, "malignant": 0}}),
+        _exam("e2", {"U-US": paths[3:]}, {"U": BreastLabel(0, 0)}),
     ]
     breasts = breasts_from_exams(exams, require_labels=True)
     assert [b.breast_id for b in breasts] == ["e1/L-US", "e1/R-US", "e2/U-US"]

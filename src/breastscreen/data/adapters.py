@@ -6,9 +6,8 @@ tables and folder layout. Files a table names but the folder lacks are appended 
 :class:`~breastscreen.errors.ManifestError`. The choices each adapter makes (exam grouping,
 label rules, side conventions) are documented in its docstring and in ``docs/data.md``.
 
-Ultrasound images whose breast side is unknown go to the view ``U-US``; as the exam model has
-per-breast labels for ``L``/``R`` only, the label of such a bag is stored as
-``exam.meta["label_U"] = {"benign": 0|1|None, "malignant": 0|1|None}``; use
+Ultrasound images whose breast side is unknown go to the view ``U-US``; the label of such a
+bag is the label side ``U``: ``exam.labels["U"]``; use
 :func:`breastscreen.data.bags.breast_bags` to get (view, images, label) per breast.
 """
 
@@ -201,7 +200,7 @@ def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None
     ``l`` and one ``r`` image of the same lesion (same histology, about half the width of the
     ``s`` captures, matching boxes). So all images of a case go to ``U-US`` with
     ``meta["panel"]``; the bag label (biopsy-proven, one lesion per patient) is
-    ``meta["label_U"]``; exam BI-RADS = the highest image BI-RADS. Per image: BI-RADS, device,
+    ``labels["U"]``; exam BI-RADS = the highest image BI-RADS. Per image: BI-RADS, device,
     histology, pathology, panel and ``fold`` (``kFold`` of ``5-fold-cv.csv``: the authors'
     patient-disjoint folds; also ``meta["fold"]`` per exam), the lesion mask with the image's
     pathology and the ``BBOX`` as an ROI (clipped to the real image size).
@@ -266,7 +265,7 @@ def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None
         if len(paths) > 1:
             raise ManifestError(f"{table}: case {case} mixes benign and malignant images")
         label = next(iter(paths))
-        exam.meta["label_U"] = {"benign": int(label == "benign"), "malignant": int(label == "malignant")}
+        exam.labels["U"] = BreastLabel(int(label == "benign"), int(label == "malignant"))
         fold_values = {i.meta.get("fold") for i in exam.views["U-US"]} - {None}
         if len(fold_values) == 1:
             exam.meta["fold"] = fold_values.pop()
@@ -286,7 +285,7 @@ def adapt_busi(root: str | os.PathLike[str], problems: Problems | None = None) -
     """BUSI (``benign/``, ``malignant/``, ``normal/`` with ``<class> (N).png`` and masks
     ``<class> (N)_mask.png``, ``<class> (N)_mask_1.png`` ...) → one ultrasound exam per image.
 
-    Side unknown → view ``U-US``; label ``meta["label_U"]`` from the folder (normal = 0/0).
+    Side unknown → view ``U-US``; label ``labels["U"]`` from the folder (normal = 0/0).
     Masks of benign/malignant images are attached with that label; masks of normal images
     (empty) are not. Exam ids ``busi-<class>-<N>``.
     """
@@ -317,8 +316,8 @@ def adapt_busi(root: str | os.PathLike[str], problems: Problems | None = None) -
             if cls != "normal":
                 image.masks = [LesionMask(str(p), cls, "lesion") for _, p in sorted(masks.get(n, []))]
             exam = Exam(exam_id=f"busi-{cls}-{n}", modality=Modality.US, views={"U-US": [image]},
-                        meta={"dataset": "BUSI", "label_U": {"benign": int(cls == "benign"),
-                                                             "malignant": int(cls == "malignant")}})
+                        labels={"U": BreastLabel(int(cls == "benign"), int(cls == "malignant"))},
+                        meta={"dataset": "BUSI"})
             exams.append(exam)
         for n in sorted(set(masks) - set(images)):
             for _, p in masks[n]:

@@ -4,6 +4,9 @@ Paths in a manifest file are relative to the manifest's folder (absolute paths a
 on read). In memory they are absolute, so exams can be moved between manifests; the writer
 makes them relative to the folder of the file it writes. Keys of an image's
 ``preprocessing`` record that end in ``_path`` are paths too and are treated the same way.
+
+Older manifests kept the label of an ultrasound ``U-US`` bag in ``meta.label_U``; the reader
+moves it to ``labels.U`` (see :func:`exam_from_dict`), and the writer only writes ``labels.U``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from breastscreen.data.types import (
 from breastscreen.errors import ManifestError
 
 SCHEMA_NAME = "exam.schema.json"
+# Exam meta key of the U-US bag label in manifests written before labels.U existed.
+LEGACY_LABEL_U = "label_U"
 
 
 @lru_cache(maxsize=1)
@@ -97,9 +102,30 @@ def image_to_dict(image: ImageRef, base: Path) -> dict[str, Any]:
     return out
 
 
+def _migrate_label_u(labels: dict[str, BreastLabel], meta: dict[str, Any]) -> None:
+    """Move a legacy ``meta["label_U"]`` into ``labels["U"]`` (both dictionaries are changed)."""
+    if LEGACY_LABEL_U not in meta:
+        return
+    raw = meta.pop(LEGACY_LABEL_U)
+    if raw is None:
+        return  # older readers read null as "no label"; an absent U label means the same
+    if not isinstance(raw, dict):
+        raise ValueError(f"meta.{LEGACY_LABEL_U} must be an object, got {raw!r}")
+    if "U" in labels:
+        raise ValueError(f"both labels.U and the legacy meta.{LEGACY_LABEL_U} are given; keep labels.U only")
+    # Only benign/malignant were ever read from it, as by older readers.
+    labels["U"] = BreastLabel(raw.get("benign"), raw.get("malignant"))
+
+
 def exam_from_dict(d: dict[str, Any], base: Path) -> Exam:
-    """Build an :class:`Exam` from one (already validated) manifest line."""
+    """Build an :class:`Exam` from one (already validated) manifest line.
+
+    A legacy ``meta.label_U`` (label of the ``U-US`` bag in older manifests) becomes ``labels.U``
+    and is dropped from ``meta``.
+    """
     labels = {side: BreastLabel(v.get("benign"), v.get("malignant")) for side, v in d.get("labels", {}).items()}
+    meta = dict(d.get("meta", {}))
+    _migrate_label_u(labels, meta)
     views = {view: [image_from_dict(i, base) for i in images] for view, images in d["views"].items()}
     return Exam(
         exam_id=d["exam_id"],
@@ -111,7 +137,7 @@ def exam_from_dict(d: dict[str, Any], base: Path) -> Exam:
         density=d.get("density"),
         birads=d.get("birads"),
         labels=labels,
-        meta=dict(d.get("meta", {})),
+        meta=meta,
     )
 
 

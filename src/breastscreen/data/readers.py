@@ -125,7 +125,6 @@ def _grey_from_rgb(arr: np.ndarray) -> np.ndarray:
 def _load_dicom(path: str, frame: int | None, max_pixels: int | None, voi: bool) -> ImageData:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     try:
         try:
@@ -139,6 +138,16 @@ def _load_dicom(path: str, frame: int | None, max_pixels: int | None, voi: bool)
         raise ImageReadError(f"{path}: not a valid DICOM file ({exc})") from None
     except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
         raise ImageReadError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
+    return dataset_image(ds, path, frame, max_pixels, voi)
+
+
+def dataset_image(ds: Any, path: str = "<dataset>", frame: int | None = None, max_pixels: int | None = None,
+                  voi: bool = True) -> ImageData:
+    """Pixels of an in-memory ``pydicom.Dataset`` with the same LUTs and guards as :func:`load_image`.
+
+    ``path`` only names the image in error messages (the Predictor passes received datasets here).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         kind = ds.get("Modality", "unknown modality")

@@ -5,6 +5,9 @@ An :class:`Exam` holds images grouped by view. Mammography views are ``L-CC``, `
 ``U-US`` when the laterality is unknown). Every view maps to a list of :class:`ImageRef`, so
 several images per view are allowed and a missing view is simply an empty list.
 
+Labels are per breast side: ``L`` and ``R``, plus ``U`` for the ``U-US`` bag of an ultrasound
+exam (a breast whose side is unknown); mammography exams have ``L``/``R`` labels only.
+
 In memory, image and mask paths are absolute strings; the manifest writer stores them
 relative to the manifest's folder (see :mod:`breastscreen.data.manifest`).
 """
@@ -19,6 +22,9 @@ MG_VIEWS: tuple[str, ...] = ("L-CC", "R-CC", "L-MLO", "R-MLO")
 US_VIEWS: tuple[str, ...] = ("L-US", "R-US", "U-US")
 ALL_VIEWS: tuple[str, ...] = MG_VIEWS + US_VIEWS
 SIDES: tuple[str, ...] = ("L", "R")
+# Label sides add "U" (the U-US bag); SIDES stays L/R because a view's side is a real laterality.
+LABEL_SIDES: tuple[str, ...] = SIDES + ("U",)
+UNKNOWN_SIDE = "U"
 DENSITIES: tuple[str, ...] = ("A", "B", "C", "D")
 BIRADS_VALUES: tuple[str, ...] = ("0", "1", "2", "3", "4", "4A", "4B", "4C", "5", "6")
 LESION_LABELS: tuple[str, ...] = ("benign", "malignant")
@@ -125,7 +131,7 @@ class Exam:
     age: float | None = None
     density: str | None = None  # BI-RADS density A-D
     birads: str | None = None
-    labels: dict[str, BreastLabel] = field(default_factory=dict)  # keys "L", "R"
+    labels: dict[str, BreastLabel] = field(default_factory=dict)  # keys "L", "R"; "U" for ultrasound only
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,11 +149,14 @@ class Exam:
         if self.birads is not None and str(self.birads).upper() not in BIRADS_VALUES:
             raise ValueError(f"exam {self.exam_id}: BI-RADS must be one of {BIRADS_VALUES}, got {self.birads!r}")
         for side in self.labels:
-            if side not in SIDES:
-                raise ValueError(f"exam {self.exam_id}: label side must be L or R, got {side!r}")
+            if side not in LABEL_SIDES:
+                raise ValueError(f"exam {self.exam_id}: label side must be L, R or U, got {side!r}")
+        # Mammography always knows the laterality; a U label there would be silently ignored.
+        if UNKNOWN_SIDE in self.labels and self.modality is not Modality.US:
+            raise ValueError(f"exam {self.exam_id}: label side U (unknown laterality) is for ultrasound exams only")
 
     def label(self, side: str) -> BreastLabel:
-        """Labels of one breast (unknown labels when none were given)."""
+        """Labels of one breast, ``L``, ``R`` or ``U`` (the ``U-US`` bag); unknown labels when none were given."""
         return self.labels.get(side, BreastLabel())
 
     def present_views(self) -> list[str]:
@@ -168,5 +177,5 @@ class Exam:
 
     @property
     def any_biopsy(self) -> bool:
-        """True when any breast has a positive benign or malignant label."""
+        """True when any breast (including an unknown-side ultrasound bag) has a positive benign or malignant label."""
         return any(lab.benign == 1 or lab.malignant == 1 for lab in self.labels.values())

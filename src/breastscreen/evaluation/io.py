@@ -15,7 +15,7 @@ Labels
     unknown) plus optional ``unknown_benign, unknown_malignant`` (label of the ``U-US`` bag),
     ``patient_id, age, density, birads, device, biopsied`` and any other
     column (usable with ``--subgroup``); or a manifest ``.jsonl`` (labels, ``U-US`` labels from
-    ``meta.label_U`` when some exam has a ``U-US`` bag, patient id, age,
+    ``labels.U`` when some exam has a ``U-US`` bag or a U label, patient id, age,
     density, BI-RADS, study date, exam ``meta`` fields and the image ``meta`` fields
     device/manufacturer/vendor/model when all images agree).
 """
@@ -247,16 +247,14 @@ def validate_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 def labels_from_exams(exams: list[Any]) -> pd.DataFrame:
     """Labels table from :class:`~breastscreen.data.types.Exam` objects (manifest)."""
-    from breastscreen.data.bags import unknown_side_label
-
     rows = []
-    # U-US bag labels (meta.label_U) become unknown_* columns when some exam has a U-US bag or label.
-    with_unknown = any(e.views.get("U-US") or e.meta.get("label_U") for e in exams)
+    # unknown_* columns only when needed, so that mammography label tables keep their columns.
+    with_unknown = any(e.views.get("U-US") or "U" in e.labels for e in exams)
     for e in exams:
         row: dict[str, Any] = {"exam_id": e.exam_id}
         sides = (("L", "left"), ("R", "right")) + ((("U", "unknown"),) if with_unknown else ())
         for side, prefix in sides:
-            lab = unknown_side_label(e) if side == "U" else e.label(side)
+            lab = e.label(side)
             row[f"{prefix}_benign"] = np.nan if lab.benign is None else float(lab.benign)
             row[f"{prefix}_malignant"] = np.nan if lab.malignant is None else float(lab.malignant)
         row["patient_id"] = e.patient_id

@@ -37,7 +37,7 @@ def heatmaps_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from breastscreen.inference.heatmaps import run_heatmaps
+    from breastscreen.inference.heatmap_runner import run_heatmaps
 
     with Progress(TextColumn("heatmaps"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), transient=True) as bar:

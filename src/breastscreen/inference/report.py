@@ -31,11 +31,14 @@ def _breast_title(values: dict[str, Any], side: str | None) -> str:
 
 
 def original_panel(image: Any, maps: dict[str, np.ndarray] | None, title: str) -> ViewPanel:
-    """A panel in original geometry (falls back to preprocessed geometry when the source is unreadable)."""
+    """A panel in original geometry (falls back to preprocessed geometry when the source is unreadable).
+
+    ``image`` is the :class:`~breastscreen.specs.PreparedImage` the model saw.
+    """
     from breastscreen.data.readers import load_image
     from breastscreen.preprocess.mammo import to_original
 
-    record = image.preprocessing or {}
+    record = image.record or {}
     source = record.get("source_path")
     try:
         if not source:
@@ -48,8 +51,7 @@ def original_panel(image: Any, maps: dict[str, np.ndarray] | None, title: str) -
             back = dict(zip(names, stack))
         return ViewPanel(pixels, back, title)
     except (BreastscreenError, ValueError, KeyError, OSError):
-        pixels = load_image(image.path).pixels
-        return ViewPanel(pixels, dict(maps or {}), title + " (preprocessed geometry)")
+        return ViewPanel(image.pixels, dict(maps or {}), title + " (preprocessed geometry)")
 
 
 def write_pictures_and_page(

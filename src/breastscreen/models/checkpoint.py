@@ -4,7 +4,12 @@ File layout (``.safetensors``, preferred): the tensors of ``model.state_dict()``
 safetensors header metadata, one key ``"breastscreen"`` holding JSON::
 
     {"format_version": 1, "model_name": "nyu-viewwise", "config": {...dataclass fields...},
+     "spec": {"family": "multiview", "spec_version": 1, "scale": 0.125, ...},
      "package_version": "0.1.0", "metadata": {...user metadata...}}
+
+``spec`` is the model family's typed spec (:mod:`breastscreen.specs`): preprocessing, input
+builder parameters and output handling, so a checkpoint is self-describing. Checkpoints written
+before specs existed get theirs migrated from ``metadata`` on load (:attr:`Checkpoint.spec`).
 
 User metadata is free-form JSON; the documented keys are ``input_size``, ``channels``,
 ``normalisation``, ``views``, ``scale``, ``training_data`` and ``validation_metrics``.
@@ -54,6 +59,14 @@ class Checkpoint:
     package_version: str | None = None
     header: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def spec(self) -> Any:
+        """The model's :mod:`spec <breastscreen.specs>`: stored in the header, or migrated from an
+        older checkpoint's metadata; raises :class:`~breastscreen.specs.SpecError` when neither works."""
+        from breastscreen.specs import spec_for_checkpoint
+
+        return spec_for_checkpoint({**self.header, "metadata": self.metadata}, self.name, self.config, str(self.path))
+
 
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
@@ -64,13 +77,15 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _header(model: nn.Module, metadata: dict[str, Any] | None) -> dict[str, Any]:
+def _header(model: nn.Module, metadata: dict[str, Any] | None, spec: Any = None) -> dict[str, Any]:
     name = getattr(model, "model_name", None)
     if name is None or not hasattr(model, "config"):
         raise CheckpointError("only models made by create_model() can be saved (they carry model_name and config)")
     get_entry(name)
     header = {"format_version": FORMAT_VERSION, "model_name": name, "config": config_to_dict(model.config),
               "package_version": __version__, "metadata": dict(metadata or {})}
+    if spec is not None:
+        header["spec"] = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
     try:
         json.dumps(header)
     except TypeError as exc:
@@ -78,13 +93,14 @@ def _header(model: nn.Module, metadata: dict[str, Any] | None) -> dict[str, Any]
     return header
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s weights, name, config and ``metadata`` to ``path`` atomically.
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None,
+                    spec: Any = None) -> Path:
+    """Write ``model``'s weights, name, config, ``spec`` and ``metadata`` to ``path`` atomically.
 
     ``.safetensors`` (recommended) or ``.pt``/``.pth`` (this package's weights-only dict layout).
     """
     path = Path(path)
-    header = _header(model, metadata)
+    header = _header(model, metadata, spec)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":

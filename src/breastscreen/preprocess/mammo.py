@@ -438,3 +438,26 @@ def extract_window(arr: np.ndarray, box: Sequence[int], fill: float = 0.0) -> np
     if sx1 > sx0 and sy1 > sy0:
         out[..., sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = a[..., sy0:sy1, sx0:sx1]
     return out
+
+
+def preprocess_view(
+    pixels: np.ndarray,
+    spacing: Sequence[float] | None,
+    view: str,
+    scale: float,
+    *,
+    suppress_background: bool = True,
+    name: str | None = None,
+) -> PreprocessResult:
+    """:func:`preprocess_image` for a known view, with its NYU and MV-DCN windows placed.
+
+    The one mammography preprocessing step: ``breastscreen preprocess`` saves its result and the
+    Predictor uses it in memory, so both see the same crop, orientation and windows.
+    """
+    from breastscreen.data.types import view_angle, view_side
+
+    res = preprocess_image(pixels, spacing, scale, laterality_hint=view_side(view),
+                           suppress_background=suppress_background, name=name)
+    res.record["window"] = list(place_window(res.mask, window_size(view_angle(view), scale)))
+    res.record["mvdcn_window"] = list(place_window(res.mask, window_size("MVDCN", scale)))
+    return res

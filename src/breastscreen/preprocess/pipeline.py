@@ -33,6 +33,7 @@ from breastscreen.data.manifest import read_manifest, write_manifest
 from breastscreen.data.types import ROI, Exam, ImageRef, LesionMask, Modality, view_angle, view_side
 from breastscreen.errors import BreastscreenError, PreprocessError
 from breastscreen.preprocess import mammo, ultrasound
+from breastscreen.preprocess.intensity import quantise
 from breastscreen.utils import atomic_path
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -53,19 +54,9 @@ class ExamOutcome:
 
 def save_png(arr: np.ndarray, path: str | os.PathLike[str], bits: int = 16) -> dict[str, Any]:
     """Save an intensity image as a 8- or 16-bit PNG atomically; return the intensity record."""
-    a = np.asarray(arr, dtype=np.float64)
-    top = 255 if bits == 8 else 65535
-    lo, hi = float(a.min()), float(a.max())
-    if lo >= 0 and hi <= top:
-        stored = np.rint(a)
-        info: dict[str, Any] = {"mode": "original"}
-    else:
-        span = hi - lo if hi > lo else 1.0
-        stored = np.rint((a - lo) / span * top)
-        info = {"mode": "linear", "offset": lo, "scale": span / top}
-    dtype = np.uint8 if bits == 8 else np.uint16
+    stored, info = quantise(arr, bits)
     with atomic_path(path) as tmp:
-        Image.fromarray(stored.astype(dtype)).save(tmp, format="PNG")
+        Image.fromarray(stored).save(tmp, format="PNG")
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
     return info
 
@@ -131,13 +122,8 @@ def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: 
     stat = source_stat(image.path)
     data = load_image(image.path, frame=image.frame)
     spacing = image.pixel_spacing or data.pixel_spacing
-    res = mammo.preprocess_image(
-        data.pixels, spacing, scale, laterality_hint=view_side(view), suppress_background=suppress, name=image.path
-    )
+    res = mammo.preprocess_view(data.pixels, spacing, view, scale, suppress_background=suppress, name=image.path)
     rec = dict(res.record)
-    angle = view_angle(view)
-    rec["window"] = list(mammo.place_window(res.mask, mammo.window_size(angle, scale)))
-    rec["mvdcn_window"] = list(mammo.place_window(res.mask, mammo.window_size("MVDCN", scale)))
     out_path = img_dir / f"{stem}.png"
     mask_path = img_dir / f"{stem}_breastmask.png"
     rec["intensity"] = save_png(res.image, out_path, bits=16)
@@ -170,14 +156,14 @@ def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef 
     stat = source_stat(image.path)
     data = load_image(image.path, frame=image.frame)
     digest = ultrasound.pixel_hash(data.pixels)
-    zf = ultrasound.zero_fraction(data.pixels)
-    if zf > ultrasound.MAX_ZERO_FRACTION:
-        return None, f"{100 * zf:.1f} % of pixels are zero (limit {100 * ultrasound.MAX_ZERO_FRACTION:.0f} %)", digest
-    crop, rec = ultrasound.crop_ultrasound(data.pixels, name=image.path)
+    try:
+        # The model's preparation step (breastscreen.specs.us): 8-bit field-of-view crop.
+        crop, rec = ultrasound.fov_crop_uint8(data.pixels, name=image.path)
+    except ultrasound.ExcludedImage as exc:
+        return None, str(exc), digest
     out_path = img_dir / f"{stem}.png"
     mask_path = img_dir / f"{stem}_breastmask.png"
-    bits = 8 if data.bits_stored <= 8 else 16
-    rec["intensity"] = save_png(crop, out_path, bits=bits)
+    rec["intensity"] = save_png(crop, out_path, bits=8)
     x0, y0, x1, y1 = rec["crop_box"]
     save_mask(crop > 0, mask_path)
     masks = []

@@ -261,3 +261,50 @@ def iter_augmented(images: Iterable[np.ndarray], seed: int, config: USAugmentCon
     rng = np.random.default_rng(seed)
     for img in images:
         yield apply_us_augment(img, draw_us_params(rng, config), config.size)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The one preparation step of model inputs (training cache and Predictor alike)
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Grey pixels as uint8: 8-bit data unchanged, wider data linearly rescaled from its range."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 3:
+        # Colour ultrasound screenshots: Doppler overlays are not used by the model.
+        pixels = cv2.cvtColor(pixels.astype(np.float32), cv2.COLOR_RGB2GRAY)
+    if pixels.ndim != 2:
+        raise ValueError(f"ultrasound image must be 2-D grey or RGB, got shape {pixels.shape}")
+    lo, hi = float(np.min(pixels)), float(np.max(pixels))
+    if lo >= 0.0 and hi <= 255.0:
+        return np.rint(pixels).astype(np.uint8)
+    if hi <= lo:
+        return np.zeros(pixels.shape, np.uint8)
+    return np.rint((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+class ExcludedImage(PreprocessError):
+    """An ultrasound image the paper's rules leave out (mostly zero pixels)."""
+
+
+def fov_crop_uint8(raw: np.ndarray, *, name: str | None = None,
+                   max_zero_fraction: float = MAX_ZERO_FRACTION) -> tuple[np.ndarray, dict[str, Any]]:
+    """8-bit field-of-view crop of a raw ultrasound image and its geometry record.
+
+    Raises :class:`ExcludedImage` for an image the paper's rules exclude (mostly zero pixels)
+    and :class:`PreprocessError` when no field of view is found. ``breastscreen preprocess`` stores this crop.
+    """
+    u8 = to_uint8(raw)
+    zf = zero_fraction(u8)
+    if zf > max_zero_fraction:
+        raise ExcludedImage(f"mostly-empty: {zf:.0%} zero pixels (limit {max_zero_fraction:.0%})")
+    crop, record = crop_ultrasound(u8, name=name)
+    crop = to_uint8(crop)
+    if crop.size == 0:
+        raise PreprocessError(f"{name or 'image'}: empty-crop: no field of view found")
+    return crop, record
+
+
+def resize_area(crop_u8: np.ndarray, size: int) -> np.ndarray:
+    """The square uint8 image a model's input builder starts from (area interpolation)."""
+    return cv2.resize(np.asarray(crop_u8, np.uint8), (size, size), interpolation=cv2.INTER_AREA).astype(np.uint8)

@@ -47,6 +47,7 @@ class TrainConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 0.0
+    grad_accum: int = 1
     monitor: str = "val_auc"
     monitor_mode: str = "max"
     patience: int = 20
@@ -65,7 +66,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
             raise ConfigError(f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("lr",):

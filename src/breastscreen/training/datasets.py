@@ -1,23 +1,19 @@
-"""Datasets over PREPROCESSED manifests (from ``breastscreen preprocess``).
+"""Datasets over PREPROCESSED mammography manifests (from ``breastscreen preprocess``).
 
-Exam datasets (BI-RADS and breast-level models) give, per exam, the four standard views cut
-to their fixed NYU window (``preprocessing["window"]``, placed by preprocessing at the
-manifest's scale), optionally with the two heatmap channels (benign, malignant) cut with the
-same window. The input of one view is built by :func:`view_input`:
+Exam datasets (BI-RADS and breast-level models) build every model input with the model
+family's spec (:meth:`breastscreen.specs.MultiViewSpec.exam_rows`), the same function the
+Predictor calls, so a validation tensor and a prediction tensor of the same exam are equal:
 
-1. the stored 16-bit pixels are mapped back to the original intensity units
-   (``preprocessing["intensity"]``);
-2. the window is cut out — in training with the NYU random window jitter
-   (:class:`breastscreen.preprocess.augment.NYUWindowJitter`: each side and the size move by up
-   to ``jitter_px`` full-resolution pixels, scaled, then resized back), the SAME draw moving
-   the heatmap channels; in validation exactly the stored window;
-3. the image channel is standardised over the window (mean 0, std 1); heatmap channels stay
-   probabilities in [0, 1].
+* images are read back in original intensity units (:func:`breastscreen.specs.prepare_mammogram`);
+* training: one random image per view, the family's random window augmentation (NYU window
+  jitter / MV-DCN crop noise), heatmap channels moved by the same draw;
+* validation: every image of a view (rows averaged after the model, as ``predict`` does), the
+  stored window only.
 
-Randomness: the jitter of item ``i`` in epoch ``e`` comes from a generator seeded with
+Randomness: the augmentation of item ``i`` in epoch ``e`` comes from a generator seeded with
 ``(seed, e, i)`` (call :meth:`MammoExamDataset.set_epoch`), so results do not depend on the
-number of DataLoader workers. Decoded images are kept in an in-memory cache up to
-``cache_mb`` megabytes (per process: with ``num_workers > 0`` each worker has its own).
+number of DataLoader workers. Prepared images are kept in an in-memory cache up to ``cache_mb``
+megabytes (per process: with ``num_workers > 0`` each worker has its own).
 """
 
 from __future__ import annotations
@@ -32,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from breastscreen.data.types import MG_VIEWS, Exam, ImageRef, Modality, view_angle
+from breastscreen.data.types import MG_VIEWS, Exam, ImageRef, Modality
+from breastscreen.specs import MultiViewSpec, PreparedImage
 from breastscreen.errors import BreastscreenError
 from breastscreen.labels import BIRADS_CLASSES, BREAST_LABELS
 from breastscreen.training.samplers import epoch_rng
@@ -42,30 +39,31 @@ NYU_JITTER_PX = 100.0
 
 
 class ImageCache:
-    """A size-limited least-recently-used cache of decoded arrays keyed by file path."""
+    """A size-limited least-recently-used cache of prepared images keyed by file path."""
 
     def __init__(self, max_mb: float) -> None:
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.nbytes = 0
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, key: str) -> np.ndarray | None:
-        """The cached array (marked most recently used) or None."""
-        arr = self._items.get(key)
-        if arr is not None:
-            self._items.move_to_end(key)
-        return arr
+    def get(self, key: str) -> Any:
+        """The cached item (marked most recently used) or None."""
+        entry = self._items.get(key)
+        if entry is None:
+            return None
+        self._items.move_to_end(key)
+        return entry[0]
 
-    def put(self, key: str, arr: np.ndarray) -> None:
-        """Store ``arr`` unless it alone exceeds the limit; evict the oldest entries to make room."""
-        if arr.nbytes > self.max_bytes:
+    def put(self, key: str, item: Any, nbytes: int) -> None:
+        """Store ``item`` of ``nbytes`` unless it alone exceeds the limit; evict the oldest to make room."""
+        if nbytes > self.max_bytes:
             return
         if key in self._items:
-            self.nbytes -= self._items.pop(key).nbytes
-        while self._items and self.nbytes + arr.nbytes > self.max_bytes:
-            self.nbytes -= self._items.popitem(last=False)[1].nbytes
-        self._items[key] = arr
-        self.nbytes += arr.nbytes
+            self.nbytes -= self._items.pop(key)[1]
+        while self._items and self.nbytes + nbytes > self.max_bytes:
+            self.nbytes -= self._items.popitem(last=False)[1][1]
+        self._items[key] = (item, nbytes)
+        self.nbytes += nbytes
 
 
 def check_preprocessed(exams: Sequence[Exam], source: str = "manifest") -> float:
@@ -87,22 +85,16 @@ def check_preprocessed(exams: Sequence[Exam], source: str = "manifest") -> float
     return scales.pop()
 
 
-def load_pixels(image: ImageRef, cache: ImageCache | None = None) -> np.ndarray:
-    """Preprocessed pixels of ``image`` in original intensity units (float32)."""
-    from breastscreen.data.readers import load_image
-
+def prepare_view(spec: Any, image: ImageRef, view: str, cache: ImageCache | None = None) -> PreparedImage:
+    """``spec.prepare(image, view)`` through the cache."""
     key = f"{image.path}#{image.frame}"
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        return hit
+    prepared = spec.prepare(image, view)
     if cache is not None:
-        hit = cache.get(key)
-        if hit is not None:
-            return hit
-    pixels = load_image(image.path, frame=image.frame).pixels.astype(np.float32)
-    intensity = (image.preprocessing or {}).get("intensity") or {"mode": "original"}
-    if intensity.get("mode") == "linear":
-        pixels = pixels * float(intensity["scale"]) + float(intensity["offset"])
-    if cache is not None:
-        cache.put(key, pixels)
-    return pixels
+        cache.put(key, prepared, prepared.pixels.nbytes + (prepared.mask.nbytes if prepared.mask is not None else 0))
+    return prepared
 
 
 class HeatmapLookup:
@@ -115,7 +107,7 @@ class HeatmapLookup:
 
     def path(self, exam_id: str, view: str, index: int, image: ImageRef) -> Path:
         """Path of the heatmap file; raises naming the image when there is none."""
-        from breastscreen.inference.heatmaps import heatmap_filename
+        from breastscreen.data.heatmaps import heatmap_filename
 
         if self.folder is not None:
             p = self.folder / heatmap_filename(exam_id, view, index)
@@ -132,46 +124,13 @@ class HeatmapLookup:
 
     def load(self, exam_id: str, view: str, index: int, image: ImageRef, shape: tuple[int, int]) -> np.ndarray:
         """Heatmaps [2, H, W] (benign, malignant) of the image, checked against its shape."""
-        from breastscreen.inference.heatmaps import read_heatmap_file
+        from breastscreen.data.heatmaps import read_heatmap_file
 
         path = self.path(exam_id, view, index, image)
         maps, _ = read_heatmap_file(path)
         if tuple(maps.shape[1:]) != tuple(shape):
             raise BreastscreenError(f"{path}: heatmap shape {maps.shape[1:]} differs from the preprocessed image {shape}")
         return maps
-
-
-def view_input(
-    pixels: np.ndarray,
-    record: dict[str, Any],
-    heatmaps: np.ndarray | None = None,
-    rng: np.random.Generator | None = None,
-    jitter_px: float = NYU_JITTER_PX,
-) -> np.ndarray:
-    """Model input [C, h, w] of one view: window (jittered when ``rng`` is given), standardised image
-    channel, then the heatmap channels cut with the same window (see the module docstring)."""
-    from breastscreen.preprocess.augment import NYUWindowJitter
-    from breastscreen.preprocess.mammo import standardize
-
-    window = tuple(int(v) for v in record["window"])
-    scale = float(record.get("scale", 1.0))
-    jitter = NYUWindowJitter(
-        image_keys=("image",),
-        map_keys=("maps",) if heatmaps is not None else (),
-        window=window,
-        max_jitter=int(round(jitter_px * scale)),
-    )
-    sample: dict[str, Any] = {"image": pixels}
-    if heatmaps is not None:
-        sample["maps"] = heatmaps
-    if rng is None:
-        out = jitter.apply_params(sample, jitter.identity(pixels.shape))
-    else:
-        out = jitter(sample, rng)
-    planes = [standardize(out["image"])[None]]
-    if heatmaps is not None:
-        planes.append(np.asarray(out["maps"], dtype=np.float32))
-    return np.ascontiguousarray(np.concatenate(planes, axis=0), dtype=np.float32)
 
 
 def breast_targets(exam: Exam) -> np.ndarray:
@@ -191,61 +150,50 @@ def birads_target(exam: Exam) -> int | None:
 
 
 class MammoExamDataset(Dataset):
-    """Four-view exams of a preprocessed manifest as model inputs (see the module docstring).
+    """Four-view exams of a preprocessed manifest as model inputs built by ``spec`` (see the module docstring).
 
-    Items: ``{"views": {view: float32 [C, h, w]}, "present": {view: bool}, "target": ...}``
-    where ``target`` is the [4] breast labels (``task="cancer"``) or the BI-RADS class index
-    (``task="birads"``). A missing view is an all-zero input with ``present`` False. A view with
-    several images uses a random one in training and the first one otherwise.
+    Items: ``{"views": {view: float32 [R, C, h, w]}, "present": {view: bool [R]}, "target": ...,
+    "index": i}`` with ``R = 1`` in training; :func:`collate_exams` stacks the rows of a batch and
+    records which item each row belongs to (``group``). ``target`` is the [4] breast labels
+    (``spec.task == "cancer"``) or the BI-RADS class index (``"birads"``).
     """
 
     def __init__(
         self,
         exams: Sequence[Exam],
-        task: str = "cancer",
+        spec: MultiViewSpec,
         heatmaps: HeatmapLookup | None = None,
         augment: bool = False,
         seed: int = 0,
-        jitter_px: float = NYU_JITTER_PX,
         cache_mb: float = 0.0,
         source: str = "manifest",
     ) -> None:
-        if task not in ("cancer", "birads"):
-            raise ValueError(f"task must be 'cancer' or 'birads', got {task!r}")
         self.exams = [e for e in exams if e.modality is Modality.MG]
         if not self.exams:
             raise BreastscreenError(f"{source}: no mammography exams")
         self.scale = check_preprocessed(self.exams, source)
-        self.task = task
+        if not math.isclose(self.scale, spec.scale):
+            raise BreastscreenError(f"{source}: images are preprocessed at scale {self.scale}, the model spec "
+                                    f"says {spec.scale}")
+        if (heatmaps is not None) != spec.needs_heatmaps:
+            raise BreastscreenError(f"{source}: the model takes {list(spec.channels)} but heatmaps were "
+                                    f"{'given' if heatmaps is not None else 'not given'}")
+        self.spec = spec
+        self.task = spec.task
         self.heatmaps = heatmaps
         self.augment = augment
         self.seed = int(seed)
-        self.jitter_px = float(jitter_px)
         self.epoch = 0
         self.cache = ImageCache(cache_mb) if cache_mb > 0 else None
-        self.window_shapes = self._window_shapes()
-        if task == "birads":
+        if self.task == "birads":
             self.targets = [birads_target(e) for e in self.exams]
         else:
             self.targets = [breast_targets(e) for e in self.exams]
 
-    def _window_shapes(self) -> dict[str, tuple[int, int]]:
-        shapes: dict[str, tuple[int, int]] = {}
-        for exam in self.exams:
-            for view, image in exam.iter_images():
-                x0, y0, x1, y1 = image.preprocessing["window"]
-                shape = (int(y1 - y0), int(x1 - x0))
-                angle = view_angle(view)
-                if shapes.setdefault(angle, shape) != shape:
-                    raise BreastscreenError(
-                        f"exam {exam.exam_id} view {view}: window {shape} differs from other {angle} windows {shapes[angle]}"
-                    )
-        return shapes
-
     @property
     def channels(self) -> int:
         """Input channels per view (1 image-only, 3 with heatmaps)."""
-        return 1 if self.heatmaps is None else 3
+        return self.spec.in_channels
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose augmentation draws :meth:`__getitem__` uses."""
@@ -261,29 +209,38 @@ class MammoExamDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         exam = self.exams[i]
         rng = epoch_rng(self.seed, self.epoch, 1 + i) if self.augment else None
-        views: dict[str, torch.Tensor] = {}
-        present: dict[str, torch.Tensor] = {}
+        prepared: dict[str, list[PreparedImage]] = {}
+        maps: dict[str, list[np.ndarray | None]] = {}
         for view in MG_VIEWS:
             images = exam.views.get(view, [])
-            angle = view_angle(view)
-            if not images and angle not in self.window_shapes:
-                raise BreastscreenError(f"no exam of this manifest has a {angle} view; the four-view models need both")
-            if not images:
-                h, w = self.window_shapes[angle]
-                views[view] = torch.zeros(self.channels, h, w)
-                present[view] = torch.tensor(False)
-                continue
-            k = int(rng.integers(len(images))) if (rng is not None and len(images) > 1) else 0
-            image = images[k]
-            pixels = load_pixels(image, self.cache)
-            maps = None
-            if self.heatmaps is not None:
-                maps = self.heatmaps.load(exam.exam_id, view, k, image, pixels.shape)
-            views[view] = torch.from_numpy(view_input(pixels, image.preprocessing, maps, rng, self.jitter_px))
-            present[view] = torch.tensor(True)
+            prepared[view] = [prepare_view(self.spec, im, view, self.cache) for im in images]
+            maps[view] = [self.heatmaps.load(exam.exam_id, view, k, im, p.pixels.shape) if self.heatmaps else None
+                          for k, (im, p) in enumerate(zip(images, prepared[view]))]
+        inputs, present = self.spec.exam_rows(exam.exam_id, prepared, maps, rng=rng)
         target = self.targets[i]
         target_t = torch.tensor(-1 if target is None else target) if self.task == "birads" else torch.from_numpy(target)
-        return {"views": views, "present": present, "target": target_t}
+        return {"views": {v: torch.from_numpy(x) for v, x in inputs.items()},
+                "present": {v: torch.from_numpy(p) for v, p in present.items()},
+                "target": target_t, "index": i}
+
+
+def collate_exams(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the rows of a batch of exam items; ``group[r]`` is the batch position of row ``r``."""
+    views = {v: torch.cat([it["views"][v] for it in items]) for v in items[0]["views"]}
+    present = {v: torch.cat([it["present"][v] for it in items]) for v in items[0]["present"]}
+    rows = [next(iter(it["views"].values())).shape[0] for it in items]
+    group = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(rows))
+    return {"views": views, "present": present, "group": group,
+            "target": torch.stack([it["target"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items])}
+
+
+def group_mean(values: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of ``values`` rows per group 0..n-1 (the rows of one exam averaged)."""
+    out = torch.zeros((n, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    out.index_add_(0, group.to(values.device), values)
+    counts = torch.bincount(group.to(values.device), minlength=n).to(values.dtype)
+    return out / counts.view(-1, *([1] * (values.dim() - 1)))
 
 
 def load_exams(path: str | os.PathLike[str]) -> list[Exam]:
@@ -298,8 +255,8 @@ def load_exams(path: str | os.PathLike[str]) -> list[Exam]:
 
 def describe_exams(exams: Sequence[Exam], path: str | os.PathLike[str]) -> dict[str, Any]:
     """Training-data description for checkpoint metadata and model cards."""
-    n_mal = sum(1 for e in exams for s in ("L", "R") if e.label(s).malignant == 1)
-    n_ben = sum(1 for e in exams for s in ("L", "R") if e.label(s).benign == 1)
+    n_mal = sum(1 for e in exams for s in ("L", "R", "U") if e.label(s).malignant == 1)
+    n_ben = sum(1 for e in exams for s in ("L", "R", "U") if e.label(s).benign == 1)
     return {
         "manifest": str(Path(path).resolve()),
         "n_exams": len(exams),

@@ -48,160 +48,35 @@ from torch.utils.data import DataLoader, Dataset
 
 from breastscreen.errors import BreastscreenError
 from breastscreen.training.config import TrainConfig, save_config, to_dict
+from breastscreen.training.distributed import (  # noqa: F401 - re-exported for recipes and the CLI
+    DistInfo,
+    _barrier,
+    _broadcast_bool,
+    _mean_across_ranks,
+    dist_info_from_env,
+    init_distributed,
+    shutdown_distributed,
+)
+from breastscreen.training.early_stopping import EarlyStopping
+from breastscreen.training.rundir import (  # noqa: F401 - re-exported
+    BEST_FILE,
+    CONFIG_FILE,
+    LAST_FILE,
+    METRICS_FILE,
+    RUN_MARKERS,
+    STATE_FILE,
+    VAL_PREDICTIONS_FILE,
+    RunDirError,
+    _rng_state,
+    _set_rng_state,
+    derive_seed,
+    prepare_run_dir,
+    read_metrics_csv,
+    seed_worker,
+    write_metrics_csv,
+)
 from breastscreen.training.samplers import EpochSampler, ShuffleSampler, shard_indices
 from breastscreen.utils import atomic_path, resolve_device
-
-STATE_FILE = "state.pt"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.csv"
-BEST_FILE = "best.safetensors"
-LAST_FILE = "last.safetensors"
-# Files that mark a directory as a run directory (single run, ensemble, search) for --overwrite.
-RUN_MARKERS = (CONFIG_FILE, "ensemble_plan.json", "search.json")
-
-
-class RunDirError(BreastscreenError):
-    """The run directory cannot be used as asked (exists, or has nothing to resume)."""
-
-
-# --------------------------------------------------------------------------------------------
-# distributed helpers
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in a (possibly single-process) job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """True when running under torch.distributed with more than one process."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """True on the process that writes files and prints."""
-        return self.rank == 0
-
-
-def dist_info_from_env() -> DistInfo:
-    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` as set by torchrun (defaults: one process)."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError as exc:
-        raise BreastscreenError(f"torchrun environment variables must be integers: {exc}") from None
-    return DistInfo(rank=rank, world_size=world, local_rank=local)
-
-
-def init_distributed(info: DistInfo, device: torch.device) -> None:
-    """Initialise the default process group for ``info`` (no-op for one process or if already done)."""
-    if not info.enabled or dist.is_initialized():
-        return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size)
-
-
-def shutdown_distributed() -> None:
-    """Destroy the default process group if one was initialised (end of a torchrun job)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.barrier()
-
-
-def _mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> float:
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
-
-
-def _broadcast_bool(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    if not info.enabled:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-# --------------------------------------------------------------------------------------------
-# early stopping
-# --------------------------------------------------------------------------------------------
-
-
-class EarlyStopping:
-    """Stop when the monitored value has not improved for ``patience`` epochs.
-
-    ``step(value, epoch)`` records one evaluation; an improvement is a value better than the
-    best so far by more than ``min_delta`` (NaN never improves). ``should_stop`` becomes true
-    once ``epoch - best_epoch >= patience``; ``patience <= 0`` never stops.
-    """
-
-    def __init__(self, patience: int, mode: str = "max", min_delta: float = 0.0) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.patience = int(patience)
-        self.mode = mode
-        self.min_delta = float(min_delta)
-        self.best: float | None = None
-        self.best_epoch: int = -1
-        self.last_epoch: int = -1
-
-    def is_better(self, value: float) -> bool:
-        """Whether ``value`` improves on the best so far."""
-        if value is None or math.isnan(value):
-            return False
-        if self.best is None:
-            return True
-        if self.mode == "max":
-            return value > self.best + self.min_delta
-        return value < self.best - self.min_delta
-
-    def step(self, value: float, epoch: int) -> bool:
-        """Record ``value`` at ``epoch``; return True when it is a new best."""
-        self.last_epoch = int(epoch)
-        if self.is_better(value):
-            self.best = float(value)
-            self.best_epoch = int(epoch)
-            return True
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        """True when ``patience`` epochs have passed since the best epoch."""
-        if self.patience <= 0 or self.last_epoch < 0:
-            return False
-        reference = self.best_epoch if self.best_epoch >= 0 else -1
-        return self.last_epoch - reference >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        """Serialisable state (plain numbers) for the resumable state file."""
-        return {
-            "patience": self.patience,
-            "mode": self.mode,
-            "min_delta": self.min_delta,
-            "best": float("nan") if self.best is None else self.best,
-            "has_best": self.best is not None,
-            "best_epoch": self.best_epoch,
-            "last_epoch": self.last_epoch,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.best = float(state["best"]) if state["has_best"] else None
-        self.best_epoch = int(state["best_epoch"])
-        self.last_epoch = int(state["last_epoch"])
-
 
 # --------------------------------------------------------------------------------------------
 # task description
@@ -221,6 +96,14 @@ class EvalContext:
     progress: bool
     max_batches: int = 0
     run_dir: Path | None = None
+    predictions: list[Any] | None = None
+    prediction_columns: list[str] = field(default_factory=list)
+
+    def record_predictions(self, columns: Sequence[str], rows: list[Any]) -> None:
+        """Keep this evaluation's per-exam predictions (``PredictionRow``-like: exam_id, values,
+        details); the loop writes them as ``val_predictions.csv`` when the checkpoint is the best."""
+        self.prediction_columns = list(columns)
+        self.predictions = rows
 
     def autocast(self) -> Any:
         """Mixed-precision context on CUDA when AMP is on, else a no-op."""
@@ -322,6 +205,43 @@ class TrainTask:
     eval_every: int = 1
     snapshot_every: int = 0
     param_groups: Callable[[nn.Module], Any] | None = None
+    spec: Any = None
+    make_optimizer: Callable[[Any, TrainConfig], torch.optim.Optimizer] | None = None
+    make_scheduler: Callable[[torch.optim.Optimizer, TrainConfig], Any] | None = None
+    stages: Sequence["Stage"] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage: ``epochs`` long, at ``lr`` (every parameter group's base lr is scaled by
+    ``lr / cfg.lr``), training only the parameters whose name ``trainable(name)`` accepts
+    (None = all). Stages run in order; the last one lasts until the run ends."""
+
+    epochs: int
+    lr: float
+    trainable: Callable[[str], bool] | None = None
+    name: str = ""
+
+
+def stage_at(stages: Sequence[Stage], epoch: int) -> tuple[int, Stage] | None:
+    """(index, stage) that ``epoch`` (0-based) falls in, or None without stages."""
+    if not stages:
+        return None
+    end = 0
+    for i, st in enumerate(stages):
+        end += st.epochs
+        if epoch < end:
+            return i, st
+    return len(stages) - 1, stages[-1]
+
+
+def apply_stage(model: nn.Module, optimizer: torch.optim.Optimizer, stage: Stage, base_lr: float,
+                base_lrs: Sequence[float]) -> None:
+    """Freeze / unfreeze parameters and set the learning rates of ``stage``."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(stage.trainable is None or bool(stage.trainable(name)))
+    for group, lr0 in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = lr0 * stage.lr / base_lr
 
 
 @dataclass
@@ -336,116 +256,15 @@ class FitResult:
     history: list[dict[str, Any]]
 
 
-# --------------------------------------------------------------------------------------------
-# seeding
-# --------------------------------------------------------------------------------------------
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed derived from ``seed`` and integers (epoch, stream ...), stable across runs."""
-    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[int(p) for p in parts]])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed NumPy and ``random`` from the worker's torch seed."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-        "numpy_key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
-        "numpy_pos": int(np_state["state"]["pos"]),
-        "numpy_has_gauss": int(np_state["has_gauss"]),
-        "numpy_gauss": float(np_state["gauss"]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {"key": state["numpy_key"].numpy().astype(np.uint32), "pos": state["numpy_pos"]},
-            "has_gauss": state["numpy_has_gauss"],
-            "gauss": state["numpy_gauss"],
-        }
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------------------------
-# run directory
-# --------------------------------------------------------------------------------------------
-
-
-def prepare_run_dir(run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Check the run directory: refuse to reuse one unless resuming or explicitly overwriting.
-
-    ``overwrite`` deletes an earlier run's directory only when it is empty or looks like a run
-    directory (has one of :data:`RUN_MARKERS`), so a mistyped path never wipes unrelated files.
-    """
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite exclude each other")
-    if resume:
-        if not (run_dir / STATE_FILE).is_file():
-            raise RunDirError(f"cannot resume: {run_dir / STATE_FILE} does not exist (no completed epoch)")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"run directory {run_dir} already exists and is not empty; use --resume or --overwrite")
-        if not any((run_dir / marker).is_file() for marker in RUN_MARKERS):
-            raise RunDirError(
-                f"refusing to overwrite {run_dir}: it is not a training run directory (none of {', '.join(RUN_MARKERS)})"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
-    """Write the per-epoch history (union of keys as columns, in first-seen order)."""
-    columns: list[str] = []
-    for row in history:
-        for k in row:
-            if k not in columns:
-                columns.append(k)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            for row in history:
-                writer.writerow({k: row.get(k, "") for k in columns})
-
-
-def read_metrics_csv(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a run's metrics.csv as dicts of strings."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def save_model(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
+def save_model(model: nn.Module, path: Path, metadata: dict[str, Any], spec: Any = None) -> None:
     """Write a checkpoint (atomically) with the model zoo's ``save_checkpoint``."""
     from breastscreen.models.checkpoint import save_checkpoint
 
-    save_checkpoint(_unwrap(model), path, metadata=metadata)
+    save_checkpoint(_unwrap(model), path, metadata=metadata, spec=spec)
 
 
 class _Progress:
@@ -522,8 +341,13 @@ def fit(task: TrainTask, cfg: TrainConfig, resume: bool = False, info: DistInfo 
     init_distributed(info, device)
 
     model = task.model.to(device)
-    params = task.param_groups(model) if task.param_groups is not None else model.parameters()
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if task.make_optimizer is not None:
+        optimizer = task.make_optimizer(model, cfg)
+    else:
+        params = task.param_groups(model) if task.param_groups is not None else model.parameters()
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    scheduler = task.make_scheduler(optimizer, cfg) if task.make_scheduler is not None else None
     use_amp = bool(cfg.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     stopper = EarlyStopping(cfg.patience, cfg.monitor_mode, cfg.min_delta)
@@ -536,6 +360,8 @@ def fit(task: TrainTask, cfg: TrainConfig, resume: bool = False, info: DistInfo 
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         stopper.load_state_dict(state["early_stopping"])
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
         history = [dict(r) for r in state["history"]]
         _set_rng_state(state["rng"])
         start_epoch = int(state["epoch"]) + 1
@@ -564,6 +390,9 @@ def fit(task: TrainTask, cfg: TrainConfig, resume: bool = False, info: DistInfo 
         # which is what lets a resumed run reproduce an uninterrupted one.
         torch.manual_seed(derive_seed(cfg.seed, epoch, 0))
         sampler.set_epoch(epoch)
+        current = stage_at(task.stages, epoch)
+        if current is not None:
+            apply_stage(model, optimizer, current[1], cfg.lr, base_lrs)
         if hasattr(task.train_set, "set_epoch"):
             task.train_set.set_epoch(epoch)
         loader = DataLoader(
@@ -581,21 +410,24 @@ def fit(task: TrainTask, cfg: TrainConfig, resume: bool = False, info: DistInfo 
         n_batches = len(loader) if not cfg.max_train_batches else min(len(loader), cfg.max_train_batches)
         with _progress(cfg.progress and info.is_main) as bar:
             bar_task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) if bar is not None else None
+            accum = max(1, cfg.grad_accum)
             for step, batch in enumerate(loader):
                 if step >= n_batches:
                     break
-                optimizer.zero_grad(set_to_none=True)
+                if step % accum == 0:
+                    optimizer.zero_grad(set_to_none=True)
                 ctx = torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp else nullcontext()
                 with ctx:
                     loss = task.compute_loss(ddp_model, batch, device)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                scaler.scale(loss / accum).backward()
+                if (step + 1) % accum == 0 or step + 1 == n_batches:
+                    if cfg.grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
                 total += float(loss.detach())
                 count += 1
                 if bar is not None:
@@ -607,10 +439,13 @@ def fit(task: TrainTask, cfg: TrainConfig, resume: bool = False, info: DistInfo 
                 dist.broadcast(buf, src=0)
         train_loss = _mean_across_ranks(total / max(count, 1), info, device)
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
+        if scheduler is not None:
+            scheduler.step()
 
         is_last = epoch + 1 == cfg.epochs
         evaluated = task.evaluate is not None and ((epoch + 1) % max(task.eval_every, 1) == 0 or is_last)
         metrics: dict[str, float] = {}
+        ectx = None
         if evaluated:
             ectx = EvalContext(
                 device=device,
@@ -639,11 +474,15 @@ def fit(task: TrainTask, cfg: TrainConfig, resume: bool = False, info: DistInfo 
 
         if info.is_main:
             epoch_meta = {**metadata, "epoch": epoch + 1, "validation_metrics": {k: row[k] for k in metrics}}
-            save_model(model, run_dir / LAST_FILE, epoch_meta)
+            save_model(model, run_dir / LAST_FILE, epoch_meta, task.spec)
             if improved:
-                save_model(model, run_dir / BEST_FILE, epoch_meta)
+                save_model(model, run_dir / BEST_FILE, epoch_meta, task.spec)
+                if ectx is not None and ectx.predictions is not None:
+                    from breastscreen.data.predictions import write_predictions_csv
+
+                    write_predictions_csv(run_dir / VAL_PREDICTIONS_FILE, ectx.prediction_columns, ectx.predictions)
             if task.snapshot_every and (epoch + 1) % task.snapshot_every == 0:
-                save_model(model, run_dir / f"epoch_{epoch + 1:04d}.safetensors", epoch_meta)
+                save_model(model, run_dir / f"epoch_{epoch + 1:04d}.safetensors", epoch_meta, task.spec)
             write_metrics_csv(history, run_dir / METRICS_FILE)
             if writer is not None:
                 for k, v in row.items():
@@ -656,6 +495,7 @@ def fit(task: TrainTask, cfg: TrainConfig, resume: bool = False, info: DistInfo 
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "early_stopping": stopper.state_dict(),
+                **({"scheduler": scheduler.state_dict()} if scheduler is not None else {}),
                 "history": history,
                 "rng": _rng_state(),
             }

@@ -75,8 +75,7 @@ def birads_score(value: Any) -> float | None:
 def breasts_from_exams(exams: Iterable[Exam], require_labels: bool = False) -> list[Breast]:
     """One :class:`Breast` per ultrasound exam and view with images, in manifest order.
 
-    Labels come from :func:`breastscreen.data.bags.breast_bags` (``exam.labels`` for L/R,
-    ``exam.meta["label_U"]`` for the unknown-side bag).
+    Labels come from :func:`breastscreen.data.bags.breast_bags` (``exam.labels`` for L/R and ``U``, the unknown-side bag).
 
     Each breast's ``meta`` gets ``birads`` (the most suspicious per-image BI-RADS in the
     bag, a float on the scale of :func:`birads_score`, or the exam's BI-RADS), plus any per-image

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from breastscreen.errors import BreastscreenError
 from breastscreen.labels import BIRADS_CLASSES
 from breastscreen.training.config import TrainConfig
-from breastscreen.training.datasets import NYU_JITTER_PX, MammoExamDataset, load_exams
+from breastscreen.data.predictions import PredictionRow
+from breastscreen.training.datasets import NYU_JITTER_PX, MammoExamDataset, collate_exams, load_exams
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask
 from breastscreen.training.recipes import Recipe, register_recipe
-from breastscreen.training.recipes.breast import exam_metadata
+from breastscreen.training.recipes.breast import exam_metadata, exam_probs, exam_spec
 from breastscreen.training.recipes.common import build_model, move_batch
 from breastscreen.training.samplers import ShuffleSampler
 
@@ -64,11 +65,12 @@ def build_birads(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
         raise BreastscreenError("KIND birads needs --val-manifest (early stopping uses the validation macAUC)")
     train_exams, dropped = _usable(load_exams(cfg.manifest), cfg.manifest)
     val_exams, val_dropped = _usable(load_exams(cfg.val_manifest), cfg.val_manifest)
-    train_set = MammoExamDataset(train_exams, "birads", None, augment=opts.augment, seed=cfg.seed,
-                                 jitter_px=opts.jitter_px, cache_mb=cfg.cache_mb, source=cfg.manifest)
-    val_set = MammoExamDataset(val_exams, "birads", None, augment=False, seed=cfg.seed, cache_mb=cfg.cache_mb,
-                               source=cfg.val_manifest)
     model = build_model(cfg, "nyu-birads", member, in_channels=1)
+    spec = exam_spec(cfg, model, "birads", ["image"], opts.jitter_px, train_exams, cfg.manifest)
+    train_set = MammoExamDataset(train_exams, spec, None, augment=opts.augment, seed=cfg.seed,
+                                 cache_mb=cfg.cache_mb, source=cfg.manifest)
+    val_set = MammoExamDataset(val_exams, spec, None, augment=False, seed=cfg.seed, cache_mb=cfg.cache_mb,
+                               source=cfg.val_manifest)
 
     def forward(m: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         b = move_batch(batch, device)
@@ -78,13 +80,15 @@ def build_birads(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
         return birads_loss(forward(m, batch, device), batch["target"].to(device))
 
     def val_forward(m: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> list[Any]:
-        probs = forward(m, batch, device)["probs"].float().cpu().numpy()
+        probs = exam_probs(m, batch, device)
         return [(probs[i], int(batch["target"][i])) for i in range(len(probs))]
 
     def evaluate(m: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
-        rows = ctx.predict(m, val_set, val_forward)
+        rows = ctx.predict(m, val_set, val_forward, collate_fn=collate_exams)
         probs = np.stack([r[0] for r in rows])
         y = np.array([r[1] for r in rows])
+        ctx.record_predictions(spec.value_columns, [PredictionRow(val_set.exams[i].exam_id, spec.postprocess(p))
+                                                    for i, p in enumerate(probs)])
         out = {"val_macauc": macro_auc(y, probs), "val_accuracy": float(np.mean(probs.argmax(1) == y)),
                "val_loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))}
         for k, auc in zip(BIRADS_CLASSES, one_vs_rest_aucs(y, probs)):
@@ -96,7 +100,8 @@ def build_birads(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
     meta["training_data"]["excluded_exams_other_birads"] = dropped
     meta["validation_excluded_exams_other_birads"] = val_dropped
     return TrainTask(model=model, train_set=train_set, compute_loss=compute_loss, evaluate=evaluate,
-                     sampler=ShuffleSampler(len(train_set), seed=cfg.seed), metadata=meta)
+                     sampler=ShuffleSampler(len(train_set), seed=cfg.seed), collate_fn=collate_exams, metadata=meta,
+                     spec=spec)
 
 
 register_recipe(Recipe(

@@ -28,16 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from breastscreen.data.predictions import PredictionRow
 from breastscreen.data.types import MG_VIEWS
 from breastscreen.errors import BreastscreenError
 from breastscreen.labels import BREAST_LABELS, HEATMAP_CHANNELS, NYU_WINDOWS
 from breastscreen.training.config import TrainConfig
+from breastscreen.specs import MultiViewSpec
 from breastscreen.training.datasets import (
     NYU_JITTER_PX,
     HeatmapLookup,
     MammoExamDataset,
+    check_preprocessed,
+    collate_exams,
     describe_exams,
     finite_mean,
+    group_mean,
     load_exams,
 )
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask
@@ -65,6 +70,21 @@ def _forward(model: torch.nn.Module, batch: dict[str, Any], device: torch.device
     return model(b["views"], b["present"])
 
 
+def exam_probs(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> np.ndarray:
+    """Per-exam probabilities of a batch: the model's rows of each exam averaged (as predict does)."""
+    probs = _forward(model, batch, device)["probs"].float()
+    return group_mean(probs, batch["group"], len(batch["index"])).cpu().numpy()
+
+
+def exam_spec(cfg: TrainConfig, model: torch.nn.Module, task: str, channels: list[str], jitter_px: float,
+              manifest_exams: list, source: str) -> MultiViewSpec:
+    """The spec of a four-view model trained on ``manifest_exams`` (scale from their preprocessing)."""
+    nyu = hasattr(model.config, "head")
+    return MultiViewSpec(kind="nyu" if nyu else "mvdcn", task=task, window="window" if nyu else "mvdcn_window",
+                         scale=check_preprocessed(manifest_exams, source), channels=tuple(channels),
+                         jitter_px=jitter_px)
+
+
 def breast_metrics(probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """Validation metrics from probabilities and labels [N, 4] (BREAST_LABELS order; -1 = unknown)."""
     from breastscreen.evaluation.metrics import roc_auc
@@ -86,7 +106,7 @@ def breast_metrics(probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 
 def _val_forward(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> list[Any]:
-    probs = _forward(model, batch, device)["probs"].float().cpu().numpy()
+    probs = exam_probs(model, batch, device)
     target = batch["target"].numpy()
     return [(probs[i], target[i]) for i in range(len(target))]
 
@@ -130,27 +150,30 @@ def build_breast(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
     val_lookup = HeatmapLookup(opts.val_heatmaps or opts.heatmaps) if with_maps else None
     train_exams = load_exams(cfg.manifest)
     val_exams = load_exams(cfg.val_manifest)
-    train_set = MammoExamDataset(train_exams, "cancer", train_lookup, augment=opts.augment, seed=cfg.seed,
-                                 jitter_px=opts.jitter_px, cache_mb=cfg.cache_mb, source=cfg.manifest)
-    val_set = MammoExamDataset(val_exams, "cancer", val_lookup, augment=False, seed=cfg.seed,
+    channels = ["image"] + (list(HEATMAP_CHANNELS) if with_maps else [])
+    model = build_model(cfg, "nyu-viewwise", member, in_channels=len(channels))
+    if not hasattr(model.config, "head"):
+        raise BreastscreenError(f"KIND breast trains the NYU four-view cancer models, not {cfg.model!r}")
+    spec = exam_spec(cfg, model, "cancer", channels, opts.jitter_px, train_exams, cfg.manifest)
+    train_set = MammoExamDataset(train_exams, spec, train_lookup, augment=opts.augment, seed=cfg.seed,
+                                 cache_mb=cfg.cache_mb, source=cfg.manifest)
+    val_set = MammoExamDataset(val_exams, spec, val_lookup, augment=False, seed=cfg.seed,
                                cache_mb=cfg.cache_mb, source=cfg.val_manifest)
-    if val_set.scale != train_set.scale:
-        raise BreastscreenError(f"training manifest is at scale {train_set.scale}, validation at {val_set.scale}")
     positive = train_set.positive()
     if not positive.any():
         raise BreastscreenError(f"{cfg.manifest}: no exam has a positive label; the breast model needs biopsied exams")
-    model = build_model(cfg, "nyu-viewwise", member, in_channels=train_set.channels)
 
     def compute_loss(m: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         return breast_label_loss(_forward(m, batch, device), batch["target"].to(device))
 
     def evaluate(m: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
-        rows = ctx.predict(m, val_set, _val_forward)
+        rows = ctx.predict(m, val_set, _val_forward, collate_fn=collate_exams)
         probs = np.stack([r[0] for r in rows])
         target = np.stack([r[1] for r in rows])
+        ctx.record_predictions(spec.value_columns, [PredictionRow(val_set.exams[i].exam_id, spec.postprocess(p))
+                                                    for i, p in enumerate(probs)])
         return {"val_loss": probs_bce(probs, target), **breast_metrics(probs, target)}
 
-    channels = ["image"] + (list(HEATMAP_CHANNELS) if with_maps else [])
     meta = exam_metadata(cfg, train_set, channels, "breast")
     if with_maps:
         # ``patch_model`` (top level) lets `breastscreen predict` make the heatmaps itself.
@@ -159,7 +182,7 @@ def build_breast(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
                             "source": "breastscreen heatmaps (sliding-window patch classifier)"}
     sampler = BiopsyBalancedSampler(positive, seed=cfg.seed, ratio=opts.negatives_per_positive)
     return TrainTask(model=model, train_set=train_set, compute_loss=compute_loss, evaluate=evaluate,
-                     sampler=sampler, metadata=meta)
+                     sampler=sampler, collate_fn=collate_exams, metadata=meta, spec=spec)
 
 
 register_recipe(Recipe(

@@ -229,9 +229,11 @@ def _patch_evaluator(val_set: PatchEpochDataset) -> Any:
 
 
 def _heatmap_evaluator(val_exams: Sequence[Any], patch: int, stride: int, batch_size: int) -> Any:
-    from breastscreen.inference.heatmaps import SlidingWindowHeatmapper, heatmap_items, load_preprocessed
+    from breastscreen.data.types import MG_VIEWS
+    from breastscreen.inference.heatmaps import SlidingWindowHeatmapper
+    from breastscreen.specs.sources import preprocessed_pixels
 
-    items = heatmap_items(val_exams)
+    items = [(e.exam_id, v, k, im) for e in val_exams for v in MG_VIEWS for k, im in enumerate(e.views.get(v, []))]
 
     def evaluate(m: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
         inferer = SlidingWindowHeatmapper(m, patch, stride, batch_size=batch_size, device=ctx.device, amp=ctx.amp)
@@ -242,10 +244,9 @@ def _heatmap_evaluator(val_exams: Sequence[Any], patch: int, stride: int, batch_
         # A few images at a time keeps memory flat; the inferer batches windows across them.
         for start in range(0, len(mine), 8):
             chunk = mine[start:start + 8]
-            images = [load_preprocessed(items[j].image, need_mask=False)[0] for j in chunk]
+            images = [preprocessed_pixels(items[j][3]) for j in chunk]
             for j, res in zip(chunk, inferer.heatmaps(images)):
-                it = items[j]
-                maps[(it.exam_id, it.view, it.index)] = res.maps
+                maps[items[j][:3]] = res.maps
         m.train(was_training)
         if ctx.dist.enabled:
             import torch.distributed as dist

@@ -1,0 +1,306 @@
+"""Specs of the mammography families: four-view models, per-view whole-image models, patch classifiers.
+
+Preparation (shared by every mammography family): an image that ``breastscreen preprocess``
+wrote is read back in original intensity units; any other image (path, array, Dataset) is
+preprocessed in memory with the same function at the spec's scale and quantised exactly as the
+PNG would store it, so both routes give the same array.
+
+Four-view input builder (:meth:`MultiViewSpec.exam_rows`), used by the training datasets and the
+Predictor alike:
+
+* per view, the model window (``record[spec.window]``: the NYU window of the view's angle, or
+  the MV-DCN window) is cut out, in training with the family's random augmentation (NYU window
+  jitter / MV-DCN crop noise, ``jitter_px`` full-resolution pixels scaled), with TTA copy 0
+  un-augmented and copies 1.. drawn from a seed of (run seed, exam, view, image index);
+* the image channel is standardised over the window; heatmap channels (benign, malignant) are
+  cut with the same draw and clipped to [0, 1];
+* a missing view is an all-zero input flagged ``present = False``;
+* a view with several images: row ``c`` uses image ``c mod n`` of every view, for ``c`` up to the
+  largest image count, each with every TTA copy; the rows are averaged after the model
+  (training draws one random image per view instead).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable, ClassVar, Literal, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from breastscreen.data.types import MG_VIEWS, view_angle
+from breastscreen.errors import BreastscreenError
+from breastscreen.labels import BIRADS_CLASSES, BREAST_LABELS, HEATMAP_CHANNELS, PATCH_CLASSES, PATCH_SIZE, PATCH_STRIDE
+from breastscreen.specs.base import ModelSpec, PreparedImage, register_spec
+from breastscreen.specs.sources import ImageLike, is_preprocessed, preprocessed_mask, preprocessed_pixels, read_source
+
+BIRADS_COLUMNS: tuple[str, ...] = tuple(f"birads_{c}" for c in BIRADS_CLASSES)
+JITTER_FULL_RES = 100.0  # pixels at full resolution (Wu et al. 2019 SI; Geras et al. 2017)
+
+#: heatmaps of one image: (exam_id, view, index, prepared image) -> [2, H, W]
+HeatmapSource = Callable[[str, str, int, PreparedImage], np.ndarray]
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed from the run seed and identifying parts (exam id, view, index), stable across runs."""
+    text = "\x1f".join(str(p) for p in parts).encode("utf-8")
+    return (int(seed) * 1_000_003 + zlib.crc32(text)) % (2**63)
+
+
+def prepare_mammogram(image: ImageLike, view: str, scale: float, suppress_background: bool = True,
+                      need_mask: bool = True) -> PreparedImage:
+    """One mammogram ready for an input builder (see the module docstring)."""
+    from breastscreen.preprocess.intensity import dequantise, quantise
+    from breastscreen.preprocess.mammo import preprocess_view
+
+    if is_preprocessed(image):
+        record = dict(image.preprocessing)
+        stored_scale = record.get("scale")
+        if stored_scale is None or not np.isclose(float(stored_scale), scale):
+            raise BreastscreenError(
+                f"{image.path}: preprocessed at scale {stored_scale}, the model needs {scale}; give the raw images"
+            )
+        pixels = preprocessed_pixels(image)
+        mask = preprocessed_mask(image, pixels.shape) if need_mask else None
+        return PreparedImage(pixels, record, mask, image.path)
+    data = read_source(image)
+    res = preprocess_view(data.pixels, data.pixel_spacing, view, scale, suppress_background=suppress_background,
+                          name=data.source)
+    stored, info = quantise(res.image, bits=16)
+    record = {**res.record, "intensity": info}
+    return PreparedImage(dequantise(stored, info), record, res.mask, data.source)
+
+
+class _MammoSpec(ModelSpec):
+    """Fields every mammography spec has."""
+
+    scale: float = Field(1.0, gt=0, le=2, description="image scale: 1 = 0.1 mm pixels (full resolution)")
+    suppress_background: bool = True
+    channels: tuple[str, ...] = ("image",)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels per view."""
+        return len(self.channels)
+
+    @property
+    def needs_heatmaps(self) -> bool:
+        """True when the model takes the patch classifier's heatmaps as extra channels."""
+        return len(self.channels) > 1
+
+    def prepare(self, image: ImageLike, view: str) -> PreparedImage:
+        """One image of ``view`` ready for this spec's input builder."""
+        return prepare_mammogram(image, view, self.scale, self.suppress_background)
+
+
+@register_spec
+class MultiViewSpec(_MammoSpec):
+    """NYU four-view models (cancer or BI-RADS) and the MV-DCN (BI-RADS)."""
+
+    family: Literal["multiview"] = "multiview"
+    kind: Literal["nyu", "mvdcn"] = "nyu"
+    task: Literal["cancer", "birads"] = "cancer"
+    window: Literal["window", "mvdcn_window"] = "window"
+    jitter_px: float = Field(JITTER_FULL_RES, ge=0, le=1000)
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        """CSV value columns of the predictions."""
+        if self.task == "birads":
+            return (*BREAST_LABELS, *BIRADS_COLUMNS, "entropy")
+        return tuple(BREAST_LABELS)
+
+    def window_shape(self, view: str) -> tuple[int, int]:
+        """(h, w) of the model window of ``view`` at this scale."""
+        from breastscreen.preprocess.mammo import window_size
+
+        return window_size("MVDCN" if self.window == "mvdcn_window" else view_angle(view), self.scale)
+
+    def base_window(self, prepared: PreparedImage, view: str) -> tuple[int, int, int, int]:
+        """The un-augmented window (x0, y0, x1, y1): the stored one, else placed on the breast mask."""
+        from breastscreen.preprocess.mammo import place_window
+
+        size = self.window_shape(view)
+        box = prepared.record.get(self.window)
+        if box is not None and (box[3] - box[1], box[2] - box[0]) == size:
+            return tuple(int(v) for v in box)  # type: ignore[return-value]
+        if prepared.mask is None:
+            raise BreastscreenError(f"{prepared.source}: no stored {self.window} and no breast mask to place one")
+        return place_window(prepared.mask, size)
+
+    def _transform(self, box: tuple[int, int, int, int], with_maps: bool) -> Any:
+        from breastscreen.preprocess import augment
+
+        jitter = max(0, int(round(self.jitter_px * self.scale)))
+        keys = ("maps",) if with_maps else ()
+        if self.kind == "mvdcn":
+            return augment.MVDCNCropNoise(image_keys=("image",), map_keys=keys, window=box, max_noise=jitter)
+        return augment.NYUWindowJitter(image_keys=("image",), map_keys=keys, window=box, max_jitter=jitter)
+
+    def view_inputs(self, prepared: PreparedImage, view: str, maps: np.ndarray | None, *,
+                    rng: np.random.Generator | None = None, n: int = 1) -> np.ndarray:
+        """Inputs [n, C, h, w] of one image: copy 0 un-augmented unless ``rng`` is given for every copy.
+
+        Training passes its epoch generator and ``n=1`` (one augmented copy); TTA passes ``n``
+        copies and a generator for copies 1..n-1 (:meth:`exam_rows`).
+        """
+        from breastscreen.preprocess.mammo import standardize
+
+        if (maps is not None) != self.needs_heatmaps:
+            raise BreastscreenError(f"{prepared.source}: the model takes {list(self.channels)}, "
+                                    f"{'got' if maps is not None else 'no'} heatmaps")
+        sample: dict[str, Any] = {"image": prepared.pixels}
+        if maps is not None:
+            if maps.shape[-2:] != prepared.pixels.shape:
+                raise BreastscreenError(f"{prepared.source}: heatmaps {maps.shape[-2:]} do not match the image "
+                                        f"{prepared.pixels.shape}; were they made at another scale?")
+            sample["maps"] = np.asarray(maps, dtype=np.float32)
+        t = self._transform(self.base_window(prepared, view), maps is not None)
+        out = []
+        for i in range(n):
+            if rng is None or (i == 0 and n > 1):
+                copy = t.apply_params(sample, t.identity(prepared.pixels.shape))
+            else:
+                copy = t(sample, rng)
+            planes = [standardize(copy["image"])[None]]
+            if maps is not None:
+                planes.append(np.clip(copy["maps"], 0.0, 1.0))
+            out.append(np.concatenate(planes, axis=0))
+        return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+    def exam_rows(
+        self,
+        exam_id: str,
+        views: dict[str, Sequence[PreparedImage]],
+        maps: dict[str, Sequence[np.ndarray | None]] | None = None,
+        *,
+        rng: np.random.Generator | None = None,
+        n_tta: int = 1,
+        seed: int = 0,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Model inputs of one exam: ``{view: [R, C, h, w]}`` and ``{view: [R] bool}`` (see module doc).
+
+        With ``rng`` (training) each view gives one augmented row from one random image; without
+        it, ``R`` = largest image count x ``n_tta`` rows whose model outputs are averaged.
+        """
+        if n_tta < 1:
+            raise BreastscreenError(f"tta must be >= 1, got {n_tta}")
+        present_views = [v for v in MG_VIEWS if views.get(v)]
+        if not present_views:
+            raise BreastscreenError(f"exam {exam_id}: no mammography image")
+        maps = maps or {}
+        n_combo = 1 if rng is not None else max(len(views[v]) for v in present_views)
+        rows = n_combo * (1 if rng is not None else n_tta)
+        inputs: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        for view in MG_VIEWS:
+            images = list(views.get(view) or [])
+            if not images:
+                h, w = self.window_shape(view)
+                inputs[view] = np.zeros((rows, self.in_channels, h, w), np.float32)
+                present[view] = np.zeros(rows, bool)
+                continue
+            view_maps = list(maps.get(view) or [None] * len(images))
+            if rng is not None:
+                k = int(rng.integers(len(images))) if len(images) > 1 else 0
+                inputs[view] = self.view_inputs(images[k], view, view_maps[k], rng=rng, n=1)
+            else:
+                per_image = []
+                for k, image in enumerate(images):
+                    tta_rng = np.random.default_rng(derive_seed(seed, exam_id, view, k)) if n_tta > 1 else None
+                    per_image.append(self.view_inputs(image, view, view_maps[k], rng=tta_rng, n=n_tta))
+                inputs[view] = np.concatenate([per_image[c % len(per_image)] for c in range(n_combo)])
+            present[view] = np.ones(rows, bool)
+        return inputs, present
+
+    def postprocess(self, probs: np.ndarray) -> dict[str, float | None]:
+        """CSV values from the averaged model probabilities ([4] cancer or [3] BI-RADS)."""
+        values: dict[str, float | None] = {c: None for c in self.value_columns}
+        if self.task == "birads":
+            q = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+            values.update({c: float(p) for c, p in zip(BIRADS_COLUMNS, probs)})
+            values["entropy"] = float(-(q * np.log(q)).sum())
+        else:
+            values.update({c: float(p) for c, p in zip(BREAST_LABELS, probs)})
+        return values
+
+
+@register_spec
+class ImageSpec(_MammoSpec):
+    """Per-view whole-image models: the all-convolutional classifier and the global saliency network.
+
+    Input: the NYU window of the view's angle, image standardised over it (+ heatmap channels);
+    TTA copies 1.. are horizontal / vertical flips. A breast's probability is the mean over its
+    images; the all-convolutional classifier has no benign output (its column stays empty).
+    """
+
+    family: Literal["image"] = "image"
+    kind: Literal["allconv", "saliency"] = "allconv"
+
+    value_columns: ClassVar[tuple[str, ...]] = tuple(BREAST_LABELS)
+
+    def base_window(self, prepared: PreparedImage, view: str) -> tuple[int, int, int, int]:
+        """The stored NYU window of the view's angle, else one placed on the breast mask."""
+        return MultiViewSpec(scale=self.scale).base_window(prepared, view)
+
+    def image_inputs(self, prepared: PreparedImage, view: str, maps: np.ndarray | None, *, n: int = 1,
+                     seed: int = 0) -> np.ndarray:
+        """Inputs [n, C, h, w] of one image: copy 0 as is, copies 1.. flipped from ``seed``."""
+        from breastscreen.preprocess import augment
+        from breastscreen.preprocess.mammo import extract_window, standardize
+
+        box = self.base_window(prepared, view)
+        sample: dict[str, Any] = {"image": extract_window(prepared.pixels, box, fill=float(prepared.pixels.min()))}
+        keys: tuple[str, ...] = ()
+        if maps is not None:
+            sample["maps"] = extract_window(np.asarray(maps, np.float32), box, fill=0.0)
+            keys = ("maps",)
+        t = augment.AllConvAugment(image_keys=("image",), map_keys=keys, max_rotation=0.0, max_shear=0.0,
+                                   zoom_range=(1.0, 1.0), max_shift=0.0)
+        out = []
+        for copy in augment.tta_samples(sample, n, seed, t, include_identity=True):
+            planes = [standardize(copy["image"])[None]]
+            if maps is not None:
+                planes.append(np.clip(copy["maps"], 0.0, 1.0))
+            out.append(np.concatenate(planes, axis=0))
+        return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+    def image_probs(self, probs: np.ndarray) -> np.ndarray:
+        """(benign, malignant) of one image from the model's averaged probabilities."""
+        if self.kind == "allconv":  # [not cancer, cancer]: no benign output
+            return np.array([np.nan, float(probs[1])])
+        return np.asarray(probs[:2], dtype=np.float64)
+
+
+@register_spec
+class PatchSpec(ModelSpec):
+    """Patch classifiers run as a sliding window: patch size and stride at the image scale, classes."""
+
+    family: Literal["patch"] = "patch"
+    scale: float = Field(1.0, gt=0, le=2)
+    patch_size: int = Field(256, ge=8, le=2048)
+    stride: int | None = Field(None, ge=1, le=2048)
+    classes: tuple[str, ...] = tuple(PATCH_CLASSES)
+
+    value_columns: ClassVar[tuple[str, ...]] = tuple(HEATMAP_CHANNELS)
+
+
+def patch_geometry(scale: float, metadata: dict[str, Any] | None = None) -> tuple[int, int]:
+    """Patch size and target stride for images preprocessed at ``scale``.
+
+    ``round(256 * scale)`` and ``round(70 * scale)`` (at least 1 pixel each), unless the patch
+    model's metadata names its ``patch_size`` (then the stride is the metadata's ``patch_stride``
+    or the paper's 70/256 ratio of that size).
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    metadata = metadata or {}
+    if metadata.get("patch_size"):
+        patch = int(metadata["patch_size"])
+        stride = int(metadata.get("patch_stride") or max(1, round(patch * PATCH_STRIDE / PATCH_SIZE)))
+    else:
+        patch = max(1, round(PATCH_SIZE * scale))
+        stride = max(1, round(PATCH_STRIDE * scale))
+    if patch < 1 or not 1 <= stride <= patch:
+        raise ValueError(f"patch geometry must satisfy 1 <= stride <= patch, got patch={patch}, stride={stride}")
+    return patch, stride

@@ -1,0 +1,112 @@
+"""Spec of the ultrasound gated-attention MIL classifier (Shen et al. 2021): one breast = one bag.
+
+Preparation of one image (training cache and Predictor alike): 8-bit grey -> field-of-view crop
+(images with > 80 % zero pixels or no field of view are excluded) -> area resize to
+``prepare_size`` x ``prepare_size`` uint8. An image that ``breastscreen preprocess`` already
+cropped (its record has ``crop_box``) is only resized. Exact duplicates inside one bag are
+dropped (the later copy).
+
+Input builder: each prepared image -> (training or TTA copies 1..: the paper's flip, rotation,
+translation, scale and shear with ranges scaled by ``augment_strength``) bilinear resize to
+``input_size`` -> per-image standardisation -> [K, C, S, S] for the bag.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from breastscreen.errors import BreastscreenError, PreprocessError
+from breastscreen.labels import BREAST_LABELS
+from breastscreen.specs.base import ModelSpec, PreparedImage, register_spec
+from breastscreen.specs.mammo import derive_seed
+from breastscreen.specs.sources import ImageLike, is_preprocessed, read_source, source_name
+
+
+@register_spec
+class USSpec(ModelSpec):
+    """Ultrasound bag model: preparation size, input size, channels and augmentation strength."""
+
+    family: Literal["us"] = "us"
+    input_size: int = Field(256, ge=32, le=1024)
+    prepare_size: int = Field(288, ge=32, le=2048)
+    in_channels: Literal[1, 3] = 1
+    max_zero_fraction: float = Field(0.8, gt=0, le=1)
+    augment_strength: float = Field(1.0, ge=0, le=1)
+
+    value_columns: ClassVar[tuple[str, ...]] = tuple(BREAST_LABELS)
+
+    def prepare(self, image: ImageLike) -> PreparedImage:
+        """One image ready for :meth:`bag_input`; raises PreprocessError when the rules exclude it."""
+        from breastscreen.preprocess.ultrasound import fov_crop_uint8, resize_area, to_uint8
+
+        name = source_name(image)
+        if is_preprocessed(image) and "crop_box" in (image.preprocessing or {}):
+            crop = to_uint8(read_source(image).pixels)
+            record = dict(image.preprocessing)
+        else:
+            data = read_source(image)
+            crop, record = fov_crop_uint8(data.pixels, name=name, max_zero_fraction=self.max_zero_fraction)
+        pixels = resize_area(crop, self.prepare_size)
+        return PreparedImage(pixels.astype(np.float32), record, None, name)
+
+    def _augment_config(self) -> Any:
+        from breastscreen.preprocess.ultrasound import USAugmentConfig
+
+        base, s = USAugmentConfig(), self.augment_strength
+        lo, hi = base.scale_range
+        return USAugmentConfig(flip_p=base.flip_p, max_rotation=base.max_rotation * s, max_translate=base.max_translate,
+                               scale_range=(1.0 - (1.0 - lo) * s, 1.0 + (hi - 1.0) * s), max_shear=base.max_shear * s,
+                               size=(self.input_size, self.input_size))
+
+    def image_input(self, prepared: PreparedImage, rng: np.random.Generator | None = None) -> np.ndarray:
+        """[S, S] float32 input of one image: augmented when ``rng`` is given, else resized only."""
+        from breastscreen.preprocess.ultrasound import apply_us_augment, draw_us_params, normalize
+
+        config = self._augment_config()
+        params = draw_us_params(rng, config) if rng is not None else None
+        return normalize(apply_us_augment(prepared.pixels, params, config.size)[0])
+
+    def bag_input(self, images: Sequence[PreparedImage], rng: np.random.Generator | None = None) -> np.ndarray:
+        """[K, C, S, S] float32 input of one bag (one draw per image from ``rng`` in training)."""
+        if not images:
+            raise BreastscreenError("a bag needs at least one image")
+        stack = np.stack([self.image_input(im, rng) for im in images])[:, None]
+        if self.in_channels == 3:
+            stack = np.repeat(stack, 3, axis=1)
+        return np.ascontiguousarray(stack, dtype=np.float32)
+
+    def tta_inputs(self, bag_id: str, images: Sequence[PreparedImage], n: int = 1, seed: int = 0) -> np.ndarray:
+        """[n, K, C, S, S]: copy 0 un-augmented, copies 1.. augmented from a seed of (seed, bag)."""
+        if n < 1:
+            raise BreastscreenError(f"tta must be >= 1, got {n}")
+        copies = [self.bag_input(images)]
+        rng = np.random.default_rng(derive_seed(seed, bag_id)) if n > 1 else None
+        copies += [self.bag_input(images, rng) for _ in range(n - 1)]
+        return np.stack(copies)
+
+
+def prepare_bag(spec: USSpec, images: Sequence[ImageLike]) -> tuple[list[PreparedImage], list[tuple[str, str]]]:
+    """Prepare every image of a bag; return the kept images and (image, reason) for those left out.
+
+    Excluded: images the preparation rules refuse, and exact duplicates of an earlier image of
+    the same bag. Unreadable images raise (a bag is never predicted from fewer images silently).
+    """
+    kept: list[PreparedImage] = []
+    dropped: list[tuple[str, str]] = []
+    seen: dict[bytes, str] = {}
+    for image in images:
+        try:
+            prepared = spec.prepare(image)
+        except PreprocessError as exc:
+            dropped.append((source_name(image), str(exc)))
+            continue
+        key = prepared.pixels.astype(np.uint8).tobytes()
+        if key in seen:
+            dropped.append((prepared.source, f"duplicate: same pixels as {seen[key]}"))
+            continue
+        seen[key] = prepared.source
+        kept.append(prepared)
+    return kept, dropped
