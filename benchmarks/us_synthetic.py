@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("overrides", nargs="*", default=[
-        "model_args.width=16", "recipe.input_size=128", "recipe.cache_size=160", "epochs=30", "patience=10",
+        "model_args.width=16", "recipe.input_size=128", "recipe.prepare_size=160", "epochs=30", "patience=10",
         "lr=1e-3", "recipe.beta=0.01", "weight_decay=1e-5", "recipe.top_t=0.2", "batch_size=8",
         "recipe.augment_strength=0.33",
     ], help="KEY=VALUE options of `breastscreen train us`")

@@ -9,15 +9,10 @@ from PIL import Image
 
 from breastscreen.data.types import BreastLabel, Exam, ImageRef, Modality
 from breastscreen.errors import BreastscreenError
-from breastscreen.ultrasound.bags import (
-    BagDataset,
-    ImageCache,
-    birads_score,
-    breasts_from_exams,
-    build_cache,
-    collate_bags,
-    map_to_cache_geometry,
-)
+from breastscreen.data.bags import Breast, birads_score, breasts_from_exams
+from breastscreen.evaluation.localisation import mask_in_prepared_geometry
+from breastscreen.specs import USSpec, prepare_bag
+from breastscreen.training.bag_dataset import BagDataset, ImageCache, build_cache, collate_bags
 
 
 def _us_image(rng: np.random.Generator, h: int = 120, w: int = 160, text: bool = False) -> np.ndarray:
@@ -47,40 +42,43 @@ def us_files(tmp_path):
     return paths, dup, empty_path
 
 
-def _loader(image: ImageRef) -> np.ndarray:
-    return np.array(Image.open(image.path))
+SPEC32 = USSpec(input_size=32, prepare_size=32)
 
 
-def test_cache_excludes_duplicates_and_empty_images_and_roundtrips(us_files, tmp_path):
+def test_cache_excludes_empty_images_bags_drop_duplicates_and_cache_roundtrips(us_files, tmp_path):
     paths, dup, empty = us_files
     refs = [ImageRef(p) for p in [*paths, dup, empty]]
-    cache, report = build_cache(refs, size=32, loader=_loader)
-    assert len(cache) == 4
-    assert report.excluded[dup].startswith("duplicate")
+    cache, report = build_cache(refs, SPEC32)
+    assert len(cache) == 5  # the duplicate is a valid image; bags drop it (below)
     assert report.excluded[empty].startswith("mostly-empty")
-    assert report.as_dict()["by_reason"] == {"duplicate": 1, "mostly-empty": 1}
+    assert report.as_dict()["by_reason"] == {"mostly-empty": 1}
+    ds = BagDataset([Breast("b", "e", "L-US", refs, BreastLabel(0, 1))], cache, SPEC32)
+    assert ds.image_ids[0] == paths  # duplicate and empty image left out, as the Predictor does
+    kept, dropped = prepare_bag(SPEC32, refs)
+    assert [k.source for k in kept] == paths and {d[0] for d in dropped} == {dup, empty}
+    assert np.array_equal(ds[0]["images"].numpy(), SPEC32.bag_input(kept))
     cache.save(tmp_path / "c.npz")
     again = ImageCache.load(tmp_path / "c.npz")
     assert again.size == 32 and set(again.entries) == set(cache.entries)
     for k in cache.entries:
         assert np.array_equal(again.entries[k].pixels, cache.entries[k].pixels)
-        assert again.entries[k].crop_box == cache.entries[k].crop_box
+        assert again.entries[k].record["crop_box"] == cache.entries[k].record["crop_box"]
 
 
 def test_crop_through_pipeline_removes_burned_in_text_and_keeps_field_of_view(us_files):
     paths, _, _ = us_files
-    cache, _ = build_cache([ImageRef(paths[0])], size=32, loader=_loader)
+    cache, _ = build_cache([ImageRef(paths[0])], SPEC32)
     entry = cache.get(ImageRef(paths[0]))
-    x0, y0, x1, y1 = entry.crop_box
+    x0, y0, x1, y1 = entry.record["crop_box"]
     # field of view is rows 20..115, cols 20..149: fully inside the box; text and mark outside it
     assert x0 <= 20 and y0 <= 20 and x1 >= 150 and y1 >= 116
     assert y0 >= 10 and x0 >= 8
     # the text is gone from the cached image: its top rows are field-of-view speckle
     assert entry.pixels[0].max() < 255
-    # a mask covering the field-of-view corner maps into the cached geometry without loss
+    # a mask covering the field-of-view corner maps into the prepared geometry without loss
     mask = np.zeros((120, 160), np.uint8)
     mask[20:40, 20:50] = 1
-    mapped = map_to_cache_geometry(mask, entry)
+    mapped = mask_in_prepared_geometry(mask, entry.record, 32)
     assert mapped.shape == (32, 32) and mapped.any()
 
 
@@ -110,17 +108,14 @@ def test_breasts_from_exams_labels_and_birads(us_files):
         birads_score("7")
 
 
-def test_bags_of_1_to_20_images_in_one_padded_batch_with_zero_attention_on_padding():
+def test_bags_of_1_to_20_images_in_one_padded_batch_with_zero_attention_on_padding(tmp_path):
     from breastscreen.models.registry import create_model
 
     rng = np.random.default_rng(1)
-    refs = [ImageRef(f"/virtual/img{i}.png") for i in range(20)]
-    pixels = {r.path: _us_image(rng) for r in refs}
-    cache, _ = build_cache(refs, size=32, loader=lambda r: pixels[r.path], cropper=None)
-    from breastscreen.ultrasound.bags import Breast
-
+    refs = [ImageRef(_write(tmp_path / f"img{i}.png", _us_image(rng))) for i in range(20)]
+    cache, _ = build_cache(refs, SPEC32)
     breasts = [Breast(f"b{k}", f"e{k}", "L-US", refs[:k], BreastLabel(0, k % 2)) for k in (1, 2, 7, 20)]
-    ds = BagDataset(breasts, cache, input_size=32, channels=1, train=True, seed=3, augment=None)
+    ds = BagDataset(breasts, cache, SPEC32, train=False)
     batch = collate_bags([ds[i] for i in range(len(ds))])
     assert batch["images"].shape == (4, 20, 1, 32, 32)
     assert batch["mask"].sum(dim=1).tolist() == [1, 2, 7, 20]
@@ -138,32 +133,33 @@ def test_bags_of_1_to_20_images_in_one_padded_batch_with_zero_attention_on_paddi
 
 def test_augmentation_is_seeded_per_epoch_and_breast(us_files):
     paths, _, _ = us_files
-    cache, _ = build_cache([ImageRef(p) for p in paths], size=48, loader=_loader)
-    from breastscreen.ultrasound.bags import Breast
-
+    spec = USSpec(input_size=40, prepare_size=48)
+    cache, _ = build_cache([ImageRef(p) for p in paths], spec)
     b = [Breast("b", "e", "L-US", [ImageRef(p) for p in paths], BreastLabel(0, 1))]
-    ds = BagDataset(b, cache, input_size=40, train=True, seed=5, max_images=3)
+    ds = BagDataset(b, cache, spec, train=True, seed=5, max_images=3)
     first = ds[0]["images"]
     assert first.shape == (3, 1, 40, 40)
     assert torch.equal(first, ds[0]["images"])
     ds.set_epoch(1)
     assert not torch.equal(first, ds[0]["images"])
-    evalds = BagDataset(b, cache, input_size=40, train=False)
+    evalds = BagDataset(b, cache, spec, train=False)
     x = evalds[0]["images"]
     assert x.shape == (4, 1, 40, 40)
     assert abs(float(x[0].mean())) < 1e-4 and abs(float(x[0].std()) - 1) < 1e-2
 
 
-def test_scaled_augmentation_equals_the_paper_at_strength_one_and_is_milder_below():
-    from breastscreen.ultrasound.bags import ScaledAugment, default_augment
+def test_augmentation_strength_one_is_the_paper_and_zero_keeps_geometry():
+    from breastscreen.preprocess.ultrasound import USAugmentConfig, apply_us_augment, draw_us_params, normalize
+    from breastscreen.specs import PreparedImage
 
-    img = np.random.default_rng(0).integers(0, 255, size=(64, 64)).astype(np.uint8)
-    full = ScaledAugment(1.0)(img, 48, np.random.default_rng(7))
-    assert np.array_equal(full, default_augment(img, 48, np.random.default_rng(7)))
+    img = np.random.default_rng(0).integers(0, 255, size=(64, 64)).astype(np.float32)
+    full = USSpec(input_size=48, augment_strength=1.0).image_input(PreparedImage(img, {}), np.random.default_rng(7))
+    paper = USAugmentConfig(size=(48, 48))
+    expected = normalize(apply_us_augment(img, draw_us_params(np.random.default_rng(7), paper), paper.size)[0])
+    assert np.array_equal(full, expected)
     # strength 0: no rotation/shear/scaling, so a horizontally symmetric image stays symmetric
-    sym = np.tile(np.concatenate([np.arange(32), np.arange(32)[::-1]]).astype(np.uint8) * 4, (64, 1))
-    out = ScaledAugment(0.0)(sym, 64, np.random.default_rng(3))
-    rows_equal = np.allclose(out[20:44].std(axis=0), 0, atol=1e-3)  # columns constant over rows: no rotation
-    assert rows_equal
-    with pytest.raises(ValueError, match="strength"):
-        ScaledAugment(1.5)
+    sym = np.tile(np.concatenate([np.arange(32), np.arange(32)[::-1]]).astype(np.float32) * 4, (64, 1))
+    out = USSpec(input_size=64, augment_strength=0.0).image_input(PreparedImage(sym, {}), np.random.default_rng(3))
+    assert np.allclose(out[20:44].std(axis=0), 0, atol=1e-3)  # columns constant over rows: no rotation
+    with pytest.raises(ValueError, match="augment_strength"):
+        USSpec(augment_strength=1.5)

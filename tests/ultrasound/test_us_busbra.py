@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from breastscreen.data.types import BreastLabel, ImageRef
-from breastscreen.ultrasound.bags import Breast
+from breastscreen.data.bags import Breast
 from breastscreen.ultrasound.busbra import stratified_split, summarise_cv
 
 
@@ -83,7 +83,7 @@ def test_summary_pools_folds_and_runs_the_clinical_analyses():
 
 def test_busbra_bags_from_the_adapter(shared_data):
     from breastscreen.data.adapters import adapt_bus_bra
-    from breastscreen.ultrasound.bags import breasts_from_exams
+    from breastscreen.data.bags import breasts_from_exams
 
     breasts = breasts_from_exams(adapt_bus_bra(shared_data / "bus-bra"), require_labels=True)
     assert len(breasts) == 1064

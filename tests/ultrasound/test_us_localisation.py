@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from breastscreen.ultrasound.localisation import (
+from breastscreen.evaluation.localisation import (
     pointing_game_hit,
     saliency_iou,
     summarise_localisation,

@@ -23,7 +23,7 @@ def test_top_attention_hit_rate_by_hand():
 def test_tiny_synthetic_experiment_end_to_end(tmp_path):
     res = run_synthetic_experiment(
         tmp_path, n_train=8, n_val=4, n_test=6, max_images=2, seed=5, n_boot=20,
-        overrides=["model=us-mil-tiny", "recipe.input_size=64", "recipe.cache_size=72", "epochs=1",
+        overrides=["model=us-mil-tiny", "recipe.input_size=64", "recipe.prepare_size=72", "epochs=1",
                    "batch_size=4", "lr=1e-3"],
     )
     t = res["test"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from breastscreen.data.manifest import write_manifest
 
-TINY = ["model=us-mil-tiny", "recipe.input_size=64", "recipe.cache_size=72", "batch_size=4", "progress=false",
+TINY = ["model=us-mil-tiny", "recipe.input_size=64", "recipe.prepare_size=72", "batch_size=4", "progress=false",
         "lr=1e-3"]
 
 
@@ -60,7 +60,7 @@ def test_train_us_writes_run_directory(cohort, tmp_path):
     from breastscreen.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(str(out / "best.safetensors"))
-    assert ck.metadata["family"] == "us" and ck.model.config.input_size == 64
+    assert ck.spec.family == "us" and ck.spec.input_size == 64 and ck.model.config.input_size == 64
     assert ck.metadata["recipe"]["beta"] == pytest.approx(10**-1.5)
 
 

@@ -331,7 +331,8 @@ class Predictor:
                 "images": [im.record.get("source_path", im.source) for im in kept],
                 "excluded": [{"image": n, "reason": r} for n, r in dropped],
             }
-            bags[side] = {"pixels": [im.pixels for im in kept], "attention": a[:, 1], "saliency": s[:, 1], "probs": p}
+            bags[side] = {"pixels": [im.pixels for im in kept], "attention": a[:, 1], "saliency": s[:, 1], "probs": p,
+                          "sources": [im.source for im in kept], "records": [im.record for im in kept]}
         if not bags:
             raise BreastscreenError(f"exam {exam_id}: no ultrasound image")
         return ExamPrediction(exam_id, values, details, {}, bags)

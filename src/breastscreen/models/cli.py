@@ -1,4 +1,4 @@
-"""``breastscreen models list`` and ``breastscreen models info`` (registered by ``breastscreen.cli``)."""
+"""``breastscreen models list|info|convert`` (registered by ``breastscreen.cli``)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,10 @@ def info_command(
         raise CheckpointError(f"{path} has no breastscreen header (a plain state dict); nothing more to show")
     typer.echo(f"model: {header.get('model_name')}\npackage version: {header.get('package_version')}")
     typer.echo("config: " + json.dumps(header.get("config", {}), sort_keys=True))
+    if header.get("spec") is not None:
+        typer.echo("spec: " + json.dumps(header["spec"], sort_keys=True))
+    else:
+        typer.echo("spec: (none stored: migrated from the metadata when loaded; `breastscreen models convert` stores one)")
     typer.echo("metadata:")
     for key, value in sorted(header.get("metadata", {}).items()):
         typer.echo(f"  {key}: {json.dumps(value)}")
@@ -76,8 +80,53 @@ def info_command(
             typer.echo("\nmodel card:\n" + card)
 
 
+def convert_command(
+    src: Path = typer.Argument(..., help="Checkpoint to convert: a breastscreen checkpoint, or a plain state dict (.pt/.pth/.safetensors)."),
+    out: Path = typer.Argument(..., help="New .safetensors checkpoint to write (must not exist)."),
+    model: str = typer.Option(None, "--model", help="Architecture name, needed for a plain state dict (see `models list`)."),
+    config: list[str] = typer.Option([], "--config", help="Architecture option KEY=VALUE (e.g. width=32), repeatable."),
+    scheme: str = typer.Option(None, "--scheme", help="Rename keys from another implementation (e.g. nyu)."),
+    spec: list[str] = typer.Option([], "--spec", help="Spec field KEY=VALUE (e.g. scale=0.125, channels=image), repeatable."),
+) -> None:
+    """Write a checkpoint that carries its model spec (preprocessing, input builder, outputs).
+
+    Reads SRC (an older breastscreen checkpoint, or someone else's weights with --model and
+    --scheme), takes the spec its metadata implies, applies --spec overrides, validates it and
+    writes OUT. Weights are loaded with strict key matching and never unpickled.
+    """
+    import yaml
+
+    from breastscreen.errors import BreastscreenError
+    from breastscreen.models.checkpoint import load_checkpoint, save_checkpoint
+    from breastscreen.specs import legacy_spec, spec_from_dict
+
+    if out.exists():
+        raise BreastscreenError(f"{out} already exists; choose another output path")
+
+    def pairs(items: list[str], what: str) -> dict:
+        parsed = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise BreastscreenError(f"{what} must be KEY=VALUE, got {item!r}")
+            parsed[key.strip()] = yaml.safe_load(value)
+        return parsed
+
+    ck = load_checkpoint(str(src), model_name=model, config=pairs(config, "--config") or None, scheme=scheme)
+    base = ck.spec if ck.header.get("spec") else legacy_spec(ck.name, ck.config, ck.metadata, str(src))
+    fields = base.to_dict()
+    for key, value in pairs(spec, "--spec").items():
+        if key == "channels" and isinstance(value, str):
+            value = [c.strip() for c in value.split(",")]
+        fields[key] = value
+    new = spec_from_dict(fields, f"{src}: --spec")
+    save_checkpoint(ck.model, out, {**ck.metadata, "converted_from": str(src)}, spec=new)
+    typer.echo(f"{out}: {ck.name} with spec {json.dumps(new.to_dict(), sort_keys=True)}")
+
+
 models_app.command("list")(list_command)
 models_app.command("info")(info_command)
+models_app.command("convert")(convert_command)
 
 
 def register(app: typer.Typer) -> None:

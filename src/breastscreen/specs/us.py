@@ -88,21 +88,12 @@ class USSpec(ModelSpec):
         return np.stack(copies)
 
 
-def prepare_bag(spec: USSpec, images: Sequence[ImageLike]) -> tuple[list[PreparedImage], list[tuple[str, str]]]:
-    """Prepare every image of a bag; return the kept images and (image, reason) for those left out.
-
-    Excluded: images the preparation rules refuse, and exact duplicates of an earlier image of
-    the same bag. Unreadable images raise (a bag is never predicted from fewer images silently).
-    """
+def dedupe(images: Sequence[PreparedImage]) -> tuple[list[PreparedImage], list[tuple[str, str]]]:
+    """Drop exact duplicates (same prepared pixels) of an earlier image of the same bag."""
     kept: list[PreparedImage] = []
     dropped: list[tuple[str, str]] = []
     seen: dict[bytes, str] = {}
-    for image in images:
-        try:
-            prepared = spec.prepare(image)
-        except PreprocessError as exc:
-            dropped.append((source_name(image), str(exc)))
-            continue
+    for prepared in images:
         key = prepared.pixels.astype(np.uint8).tobytes()
         if key in seen:
             dropped.append((prepared.source, f"duplicate: same pixels as {seen[key]}"))
@@ -110,3 +101,20 @@ def prepare_bag(spec: USSpec, images: Sequence[ImageLike]) -> tuple[list[Prepare
         seen[key] = prepared.source
         kept.append(prepared)
     return kept, dropped
+
+
+def prepare_bag(spec: USSpec, images: Sequence[ImageLike]) -> tuple[list[PreparedImage], list[tuple[str, str]]]:
+    """Prepare every image of a bag; return the kept images and (image, reason) for those left out.
+
+    Excluded: images the preparation rules refuse, and exact duplicates of an earlier image of
+    the same bag. Unreadable images raise (a bag is never predicted from fewer images silently).
+    """
+    prepared: list[PreparedImage] = []
+    dropped: list[tuple[str, str]] = []
+    for image in images:
+        try:
+            prepared.append(spec.prepare(image))
+        except PreprocessError as exc:
+            dropped.append((source_name(image), str(exc)))
+    kept, duplicates = dedupe(prepared)
+    return kept, dropped + duplicates

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -90,3 +91,46 @@ def breast_label_loss(outputs: Mapping[str, object], target: torch.Tensor) -> to
     if logits is None:
         raise KeyError("breast model output has neither 'branch_logits', 'branch_probs' nor 'logits'")
     return _binary_ce_from_logits(logits, target)
+
+
+# --------------------------------------------------------------------------- ultrasound MIL (Shen et al. 2021)
+# L = BCE(benign) + BCE(malignant) + beta * sum_k |A_k| over the images k of a breast, where A_k
+# are the benign and malignant saliency maps; the L1 term keeps the maps sparse so that they
+# point at lesions. |A_k| is the mean absolute value over the cells of each map, summed over
+# the two classes (so beta does not depend on the map resolution).
+
+US_BENIGN, US_MALIGNANT = 0, 1
+
+
+def saliency_l1(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-breast ``sum_k |A_k|``: mean |value| per map, summed over classes and real images.
+
+    ``saliency``: [B, K, C, h, w]; ``mask``: [B, K] (True/1 = real image). Returns [B].
+    """
+    if saliency.dim() != 5:
+        raise ValueError(f"saliency must be [B, K, C, h, w], got shape {tuple(saliency.shape)}")
+    per_image = saliency.abs().mean(dim=(3, 4)).sum(dim=2)  # [B, K]
+    return (per_image * mask.to(per_image.dtype)).sum(dim=1)
+
+
+def us_mil_loss(
+    outputs: Mapping[str, torch.Tensor], labels: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The paper's loss for a batch of bags; returns (loss, its parts as floats for logging).
+
+    ``outputs["probs"]``: [B, 2] breast-level (benign, malignant) probabilities;
+    ``outputs["saliency"]``: [B, K, 2, h, w]; ``labels``: [B, 2] in {0, 1}; ``mask``: [B, K].
+    """
+    probs = outputs["probs"]
+    if probs.shape != labels.shape:
+        raise ValueError(f"probs {tuple(probs.shape)} and labels {tuple(labels.shape)} must have the same shape")
+    target = labels.to(probs.dtype)
+    # binary_cross_entropy clamps log(0) at -100, so saturated sigmoids cannot give inf.
+    bce_b = F.binary_cross_entropy(probs[:, US_BENIGN], target[:, US_BENIGN])
+    bce_m = F.binary_cross_entropy(probs[:, US_MALIGNANT], target[:, US_MALIGNANT])
+    l1 = saliency_l1(outputs["saliency"], mask).mean()
+    total = bce_b + bce_m + beta * l1
+    parts = {"bce_benign": bce_b.item(), "bce_malignant": bce_m.item(), "saliency_l1": l1.item()}
+    if not math.isfinite(total.item()):
+        raise FloatingPointError(f"loss is not finite: {parts}")
+    return total, parts

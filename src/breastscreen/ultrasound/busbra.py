@@ -1,18 +1,20 @@
-"""BUS-BRA cross-validation of the ultrasound classifier (real-data validation of issue 7).
+"""BUS-BRA cross-validation of the ultrasound classifier, through ``breastscreen train us``.
 
 Bags are the images of one patient's case (BUS-BRA shows the same lesion in one or two
 images per patient). The dataset's own patient-disjoint 5-fold split (``5-fold-cv.csv``,
 column ``kFold``, carried by the adapter as per-image ``meta["fold"]``) decides the test
-fold; for each fold the model is trained on the other four, with a stratified part of them
-held out for epoch selection, and predicts the held-out fold. The pooled held-out
-predictions then get the paper's analyses through :mod:`breastscreen.evaluation`:
+fold; for each fold, manifests of the training, validation (a stratified part of the other
+four folds, for epoch selection) and test exams are written, the model is trained exactly as
+``breastscreen train us -m train.jsonl -v val.jsonl`` would (:func:`breastscreen.training.runner.train`)
+and the test fold is predicted with the in-memory :class:`~breastscreen.Predictor`. The pooled
+held-out predictions then get the paper's analyses through :mod:`breastscreen.evaluation`:
 breast-level malignant AUROC/AUPRC with bootstrap CIs (per fold and pooled), the operating
 point at the sensitivity of a BI-RADS >= 4 reading (the dataset's radiologist BI-RADS, max
 over the bag), the reader-model hybrid with z-scored BI-RADS (lambda = 0.5) and the two triage
 points; plus localisation of the malignant saliency map against the lesion masks.
 
-Each fold's run directory keeps its predictions, so an interrupted experiment resumes at the
-first unfinished fold.
+Resumable at every level: a finished fold keeps ``fold_result.json``; an interrupted fold's
+training resumes from its last completed epoch (the run directory's ``state.pt``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import json
 import math
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,22 +31,15 @@ import cv2
 import numpy as np
 import torch
 
+from breastscreen.data.bags import Breast
+from breastscreen.data.types import Exam
 from breastscreen.errors import BreastscreenError
-from breastscreen.ultrasound.bags import (
-    BagDataset,
-    Breast,
-    ImageCache,
-    ScaledAugment,
-    image_key,
-    map_to_cache_geometry,
-)
-from breastscreen.ultrasound.localisation import summarise_localisation
-from breastscreen.ultrasound.recipe import BENIGN, MALIGNANT, USRecipe
-from breastscreen.ultrasound.train import BagPredictions, fit_us, model_channels, predict_bags
+from breastscreen.evaluation.localisation import mask_in_prepared_geometry, summarise_localisation
 from breastscreen.utils import atomic_path
 
 PREDICTION_COLUMNS = ("fold", "breast_id", "patient_id", "benign", "malignant", "p_benign", "p_malignant", "birads",
                       "n_images", "top_attention_image")
+MALIGNANT = 1
 
 
 def stratified_split(breasts: Sequence[Breast], fraction: float, seed: int) -> tuple[list[Breast], list[Breast]]:
@@ -71,23 +65,25 @@ def _read_mask(path: str) -> np.ndarray:
     return mask
 
 
-def localisation_pairs(
-    breasts: Sequence[Breast], preds: BagPredictions, cache: ImageCache
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(malignant saliency map, lesion mask in cache geometry) for every malignant image with a mask."""
-    if preds.saliency is None:
-        raise ValueError("predictions were made without saliency maps (keep_maps=False)")
-    by_key = {image_key(im): im for b in breasts for im in b.images}
+def localisation_pairs(exams: Sequence[Exam], predictions: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(malignant saliency map, lesion mask in prepared geometry) for every malignant image with a mask.
+
+    ``predictions`` are the Predictor's results for ``exams`` (same order).
+    """
     pairs = []
-    for ids, sal in zip(preds.image_ids, preds.saliency):
-        for k, key in enumerate(ids):
-            image = by_key[key]
-            for m in image.masks:
-                if m.label != "malignant":
+    for exam, pred in zip(exams, predictions):
+        by_path = {im.path: im for _, im in exam.iter_images()}
+        for side, bag in pred.us_bags.items():
+            for k, (source, record) in enumerate(zip(bag["sources"], bag["records"])):
+                image = by_path.get(source)
+                if image is None:
                     continue
-                mask = map_to_cache_geometry(_read_mask(m.path), cache.get(image))
-                if mask.any():
-                    pairs.append((sal[k, MALIGNANT], mask))
+                for m in image.masks:
+                    if m.label != "malignant":
+                        continue
+                    mask = mask_in_prepared_geometry(_read_mask(m.path), record, bag["pixels"][k].shape[0])
+                    if mask.any():
+                        pairs.append((bag["saliency"][k], mask))
     return pairs
 
 
@@ -111,89 +107,86 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_fold(
-    fold: int,
-    breasts: Sequence[Breast],
-    cache: ImageCache,
-    recipe: USRecipe,
-    run_dir: Path,
-    val_fraction: float,
-    channels: int,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Train on every fold but ``fold`` and predict ``fold``; returns rows, localisation and fit info."""
-    from breastscreen.models.checkpoint import load_checkpoint
+def predict_fold(fold: int, checkpoints: Sequence[str], test: Sequence[Breast], exams: Sequence[Exam],
+                 device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Held-out rows and malignant-saliency localisation of one fold; several checkpoints are averaged."""
+    from breastscreen import Predictor
+
+    predictor = Predictor.load(list(checkpoints), device)
+    by_id = {e.exam_id: e for e in exams}
+    test_exams = [by_id[b.exam_id] for b in test]
+    preds = [predictor.predict_exam(e) for e in test_exams]
+    rows = []
+    for b, pred in zip(test, preds):
+        bag = pred.us_bags[b.side or "U"]
+        rows.append({
+            "fold": fold, "breast_id": b.breast_id, "patient_id": b.patient_id or b.exam_id,
+            "benign": b.targets[0], "malignant": b.targets[1],
+            "p_benign": float(bag["probs"][0]), "p_malignant": float(bag["probs"][MALIGNANT]),
+            "birads": b.meta.get("birads", float("nan")), "n_images": len(bag["sources"]),
+            "top_attention_image": Path(bag["sources"][int(np.argmax(bag["attention"]))]).name,
+        })
+    loc = summarise_localisation(localisation_pairs(test_exams, preds)).as_dict()
+    return rows, loc
+
+
+def _fold_manifests(fold: int, breasts: Sequence[Breast], exams: Sequence[Exam], fold_dir: Path,
+                    val_fraction: float, seed: int) -> tuple[dict[str, Path], list[Breast], int, int]:
+    from breastscreen.data.manifest import write_manifest
 
     test = [b for b in breasts if b.meta.get("fold") == fold]
     rest = [b for b in breasts if b.meta.get("fold") != fold]
     if not test or not rest:
         raise BreastscreenError(f"fold {fold} has {len(test)} test and {len(rest)} training breasts")
-    train, val = stratified_split(rest, val_fraction, seed=recipe.seed + fold)
-    done = run_dir / "fold_result.json"
+    train, val = stratified_split(rest, val_fraction, seed=seed + fold)
+    by_id = {e.exam_id: e for e in exams}
+    paths = {}
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        paths[name] = fold_dir / f"{name}.jsonl"
+        if not paths[name].is_file():
+            write_manifest([by_id[eid] for eid in dict.fromkeys(b.exam_id for b in part)], paths[name])
+    return paths, test, len(train), len(val)
+
+
+def run_fold(fold: int, breasts: Sequence[Breast], exams: Sequence[Exam], fold_dir: Path, overrides: Sequence[str],
+             val_fraction: float, seed: int, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train on every fold but ``fold`` with ``breastscreen train us`` and predict ``fold``."""
+    from breastscreen.training.loop import read_metrics_csv
+    from breastscreen.training.runner import train
+
+    done = fold_dir / "fold_result.json"
     if done.exists():
         result = json.loads(done.read_text())
-        result["rows"] = _read_predictions(run_dir / "predictions.csv")
+        result["rows"] = _read_predictions(fold_dir / "predictions.csv")
         return result
-    fold_recipe = replace(recipe, seed=recipe.seed + 1000 * fold)
-    train_ds = BagDataset(train, cache, fold_recipe.input_size, channels, train=fold_recipe.augment,
-                          seed=fold_recipe.seed, max_images=fold_recipe.max_images,
-                          augment=ScaledAugment(fold_recipe.augment_strength))
-    val_ds = BagDataset(val, cache, fold_recipe.input_size, channels, train=False)
-    test_ds = BagDataset(test, cache, fold_recipe.input_size, channels, train=False)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    paths, test, n_train, n_val = _fold_manifests(fold, breasts, exams, fold_dir, val_fraction, seed)
+    run_dir = fold_dir / "run"
     if log is not None:
-        log(f"fold {fold}: train {len(train_ds)} val {len(val_ds)} test {len(test_ds)} breasts")
-    resume = (run_dir / "state.pt").exists()
-    fit = fit_us(train_ds, val_ds, fold_recipe, run_dir, resume=resume,
-                 metadata={"training_data": f"BUS-BRA folds != {fold}", "fold": fold}, log=log)
-    model = load_checkpoint(str(fit.best_path)).model
+        log(f"fold {fold}: train {n_train} val {n_val} test {len(test)} breasts -> {run_dir}")
+    opts = ["progress=false", *overrides, f"seed={seed + 1000 * fold}",
+            f"recipe.data_description=BUS-BRA folds != {fold}"]
+    if (run_dir / "state.pt").exists():
+        train("us", resume=run_dir, overrides=opts)
+    else:
+        train("us", manifest=str(paths["train"]), val_manifest=str(paths["val"]), out=str(run_dir), overrides=opts,
+              overwrite=run_dir.exists())
+    history = read_metrics_csv(run_dir / "metrics.csv")
+    best = max(history, key=lambda r: float(r["val_auroc_malignant"]))
     t0 = time.time()
-    rows, loc = predict_fold(fold, [model], test_ds, cache, fold_recipe.batch_size)
-    seconds_predict = time.time() - t0
-    _write_predictions(run_dir / "predictions.csv", rows)
+    rows, loc = predict_fold(fold, [str(run_dir / "best.safetensors")], test, exams)
+    _write_predictions(fold_dir / "predictions.csv", rows)
     result = {
-        "fold": fold, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
-        "best_epoch": fit.best_epoch, "val_auroc_malignant": fit.best_auroc,
-        "epochs_run": len(fit.history), "train_seconds": float(sum(h["seconds"] for h in fit.history)),
-        "predict_seconds": seconds_predict, "localisation": loc,
-        "checkpoint": str(fit.best_path),
+        "fold": fold, "n_train": n_train, "n_val": n_val, "n_test": len(test),
+        "best_epoch": int(best["epoch"]), "val_auroc_malignant": float(best["val_auroc_malignant"]),
+        "epochs_run": len(history), "train_seconds": float(sum(float(h["seconds"]) for h in history)),
+        "predict_seconds": time.time() - t0, "localisation": loc,
+        "checkpoint": str(run_dir / "best.safetensors"),
     }
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     result["rows"] = rows
     return result
-
-
-def predict_fold(
-    fold: int, models: Sequence[torch.nn.Module], test_ds: BagDataset, cache: ImageCache, batch_size: int
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Held-out rows and malignant-saliency localisation of one fold; several models are averaged.
-
-    An ensemble averages the members' breast probabilities, attention weights and saliency
-    maps (the members share the bags, so the arrays line up).
-    """
-    runs = [predict_bags(m, test_ds, batch_size=batch_size, keep_maps=True) for m in models]
-    preds = runs[0]
-    if len(runs) > 1:
-        preds = BagPredictions(
-            probs=np.mean([r.probs for r in runs], axis=0),
-            labels=preds.labels,
-            attention=[np.mean(a, axis=0) for a in zip(*(r.attention for r in runs))],
-            saliency=[np.mean(a, axis=0) for a in zip(*(r.saliency for r in runs))],
-            image_probs=None,
-            image_ids=preds.image_ids,
-        )
-    rows = []
-    for i, b in enumerate(test_ds.breasts):
-        att = preds.attention[i][:, MALIGNANT]
-        rows.append({
-            "fold": fold, "breast_id": b.breast_id, "patient_id": b.patient_id or b.exam_id,
-            "benign": b.targets[0], "malignant": b.targets[1],
-            "p_benign": float(preds.probs[i, BENIGN]), "p_malignant": float(preds.probs[i, MALIGNANT]),
-            "birads": b.meta.get("birads", float("nan")), "n_images": len(preds.image_ids[i]),
-            "top_attention_image": Path(preds.image_ids[i][int(np.argmax(att))]).name,
-        })
-    loc = summarise_localisation(localisation_pairs(test_ds.breasts, preds, cache)).as_dict()
-    return rows, loc
 
 
 def _auc_block(y: np.ndarray, s: np.ndarray, groups: Sequence[Any], n_boot: int, seed: int) -> dict[str, Any]:
@@ -282,26 +275,24 @@ def environment() -> dict[str, Any]:
 def run_busbra_cv(
     root: str | Path,
     work_dir: str | Path,
-    recipe: USRecipe,
-    cache_size: int = 192,
+    overrides: Sequence[str] = (),
     folds: Sequence[int] = (1, 2, 3, 4, 5),
     val_fraction: float = 0.15,
     n_boot: int = 1000,
-    seeds: Sequence[int] = (),
+    seeds: Sequence[int] = (0,),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole experiment: adapter -> cache -> per-fold training/prediction -> summary dict.
+    """The whole experiment: adapter -> per-fold manifests -> ``train us`` -> Predictor -> summary dict.
 
-    ``work_dir`` holds the image cache (``cache_<size>.npz``) and one run folder per fold
-    (``fold-K`` for seed 0, ``seedS/fold-K`` for other seeds); nothing is written into the
-    dataset folder. With several ``seeds`` each fold trains one model per seed and the headline
-    figures are those of their average (an ensemble, as the paper ensembles its best trials);
-    each single model's figures are kept under ``single_models``.
+    ``work_dir`` holds one folder per fold (``fold-K`` for seed 0, ``seedS/fold-K`` for other
+    seeds) and the shared prepared-image cache; nothing is written into the dataset folder.
+    ``overrides`` are ``breastscreen train us`` options (``KEY=VALUE``). With several ``seeds``
+    each fold trains one model per seed; single models are reported first (``single_models``)
+    and the headline figures are those of their average (an ensemble).
     """
     from breastscreen.data.adapters import adapt_bus_bra
-    from breastscreen.models.registry import create_model
-    from breastscreen.ultrasound.bags import breasts_from_exams, build_cache
-    from breastscreen.ultrasound.train import build_model
+    from breastscreen.data.bags import breasts_from_exams
+    from breastscreen.evaluation.metrics import roc_auc
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -309,36 +300,22 @@ def run_busbra_cv(
     problems: list[tuple[str, str]] = []
     exams = adapt_bus_bra(root, problems)
     breasts = breasts_from_exams(exams, require_labels=True)
-    cache_path = work / f"cache_{cache_size}.npz"
-    images = [im for b in breasts for im in b.images]
-    if cache_path.exists():
-        cache = ImageCache.load(cache_path)
-    else:
-        cache = ImageCache(cache_size)
-    cache, report = build_cache(images, cache_size, existing=cache)
-    cache.save(cache_path)
-    channels = model_channels(build_model(recipe))
+    overrides = [*overrides, f"recipe.cache_path={work / 'prepared_cache.npz'}"]
     if log is not None:
-        log(f"{len(breasts)} breasts, {len(images)} images, {len(report.excluded)} excluded; cache {cache_path}")
-    from breastscreen.evaluation.metrics import roc_auc
-    from breastscreen.models.checkpoint import load_checkpoint
-
-    seeds = list(seeds) if seeds else [recipe.seed]
+        log(f"{len(breasts)} breasts, {sum(len(b.images) for b in breasts)} images")
+    seeds = list(seeds) or [0]
     members: dict[int, list[dict[str, Any]]] = {}
     for seed in seeds:
         seed_dir = work if seed == 0 else work / f"seed{seed}"
-        members[seed] = [run_fold(f, breasts, cache, replace(recipe, seed=seed), seed_dir / f"fold-{f}", val_fraction,
-                                  channels, log) for f in folds]
+        members[seed] = [run_fold(f, breasts, exams, seed_dir / f"fold-{f}", overrides, val_fraction, seed, log)
+                         for f in folds]
     if len(seeds) == 1:
         results = members[seeds[0]]
     else:
-        # Per fold, average the members trained with different seeds (and validation splits).
         results = []
         for i, fold in enumerate(folds):
             test = [b for b in breasts if b.meta.get("fold") == fold]
-            test_ds = BagDataset(test, cache, recipe.input_size, channels, train=False)
-            models = [load_checkpoint(members[s][i]["checkpoint"]).model for s in seeds]
-            rows, loc = predict_fold(fold, models, test_ds, cache, recipe.batch_size)
+            rows, loc = predict_fold(fold, [members[s][i]["checkpoint"] for s in seeds], test, exams)
             first = members[seeds[0]][i]
             results.append({
                 **{k: first[k] for k in ("fold", "n_train", "n_val", "n_test")},
@@ -348,32 +325,30 @@ def run_busbra_cv(
                 "train_seconds": sum(members[s][i]["train_seconds"] for s in seeds),
                 "localisation": loc, "rows": rows,
             })
-    summary = summarise_cv(results, n_boot=n_boot, seed=recipe.seed)
-    if len(seeds) > 1:
-        summary["single_models"] = {}
-        for seed in seeds:
-            rows = [r for f in members[seed] for r in f["rows"]]
-            y = np.array([r["malignant"] for r in rows])
-            p = np.array([r["p_malignant"] for r in rows])
-            summary["single_models"][f"seed{seed}"] = {
-                "pooled_malignant": _auc_block(y, p, [r["patient_id"] for r in rows], n_boot, recipe.seed),
-                "per_fold_auroc_malignant": {str(f["fold"]): roc_auc(
-                    np.array([r["malignant"] for r in f["rows"]]), np.array([r["p_malignant"] for r in f["rows"]]))
-                    for f in members[seed]},
-            }
+    summary = summarise_cv(results, n_boot=n_boot, seed=0)
+    summary["single_models"] = {}
+    for seed in seeds:
+        rows = [r for f in members[seed] for r in f["rows"]]
+        y = np.array([r["malignant"] for r in rows])
+        p = np.array([r["p_malignant"] for r in rows])
+        summary["single_models"][f"seed{seed}"] = {
+            "pooled_malignant": _auc_block(y, p, [r["patient_id"] for r in rows], n_boot, 0),
+            "per_fold_auroc_malignant": {str(f["fold"]): roc_auc(
+                np.array([r["malignant"] for r in f["rows"]]), np.array([r["p_malignant"] for r in f["rows"]]))
+                for f in members[seed]},
+        }
     candidates = [(s, m) for s in seeds for m in members[s]]
     best_seed, best = max(candidates, key=lambda c: c[1]["val_auroc_malignant"])
     best_rows = best["rows"]
     best_test_auroc = roc_auc(np.array([r["malignant"] for r in best_rows]), np.array([r["p_malignant"] for r in best_rows]))
-    params = sum(p.numel() for p in create_model(recipe.model, **{"top_t": recipe.top_t, **recipe.model_overrides}).parameters())
     summary["setup"] = {
         "dataset": "BUS-BRA (Gomez-Flores et al., Medical Physics 2023)",
         "bags": "all images of one patient case (U-US bag); label = biopsy-proven pathology",
         "split": "dataset's 5-fold-cv.csv kFold (patient-disjoint); per fold, "
                  f"{val_fraction:.0%} of the training folds (stratified) held out for epoch selection",
-        "n_breasts": len(breasts), "n_images": len(images), "excluded_images": report.as_dict()["by_reason"],
-        "adapter_problems": len(problems),
-        "recipe": recipe.to_dict(), "n_parameters": params, "cache_size": cache_size,
+        "training": "breastscreen train us (the generic fit loop), one run directory per fold",
+        "n_breasts": len(breasts), "n_images": sum(len(b.images) for b in breasts),
+        "adapter_problems": len(problems), "overrides": list(overrides),
         "saliency_threshold": "0.5 x map maximum (relative), pointing game without tolerance",
         "bootstrap": {"n_resamples": n_boot, "unit": "patient", "confidence": 0.95},
         "environment": environment(),
@@ -388,7 +363,7 @@ def run_busbra_cv(
 
 
 def export_bundled_model(src: str | Path, dst: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
-    """Copy a fold checkpoint for the model zoo with float16 weights (half the file size).
+    """Copy a fold checkpoint for the model zoo with float16 weights (half the file size), spec kept.
 
     ``load_checkpoint`` rebuilds the float32 model and copies the float16 values into it, so
     users get the same architecture; outputs differ from the float32 checkpoint only by the
@@ -399,4 +374,4 @@ def export_bundled_model(src: str | Path, dst: str | Path, extra_metadata: dict[
     ck = load_checkpoint(str(src))
     model = ck.model.half()
     meta = {**ck.metadata, **(extra_metadata or {}), "weights_dtype": "float16 (loaded into float32)"}
-    return save_checkpoint(model, dst, meta)
+    return save_checkpoint(model, dst, meta, spec=ck.spec)

@@ -1,7 +1,7 @@
 """CLI commands of the ultrasound stage (registered on the main app by ``breastscreen.cli``).
 
 ``breastscreen train us`` and ``breastscreen search us --space FILE`` come from the training
-stage (KIND ``us`` is registered by :mod:`breastscreen.ultrasound.training`), and
+stage (KIND ``us`` is registered by :mod:`breastscreen.training.recipes.us`), and
 ``breastscreen predict`` handles ultrasound manifests through the inference stage. This module
 adds the two commands that need ultrasound knowledge:
 

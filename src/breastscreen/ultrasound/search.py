@@ -22,14 +22,7 @@ import yaml
 
 from breastscreen.utils import atomic_path
 
-# Keys are the configuration keys of ``breastscreen train us`` (``recipe.*`` = ultrasound options).
-PAPER_SPACE: dict[str, dict[str, Any]] = {
-    "lr": {"low": 10**-5.5, "high": 10**-4.0, "scale": "log"},
-    "recipe.beta": {"low": 10**-3.0, "high": 10**0.5, "scale": "log"},
-    "weight_decay": {"low": 10**-6.0, "high": 10**-3.5, "scale": "log"},
-    "recipe.top_t": {"low": 0.1, "high": 0.5, "scale": "linear"},
-}
-PAPER_TOP_K = 3
+from breastscreen.training.recipes.us import PAPER_SPACE, PAPER_TOP_K  # noqa: E402 - the recipe owns its space
 
 
 def write_paper_space(path: str | Path) -> Path:

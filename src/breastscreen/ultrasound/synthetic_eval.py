@@ -18,9 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from breastscreen.ultrasound.bags import BagDataset, Breast, ImageCache, breasts_from_exams, build_cache, image_key
-from breastscreen.ultrasound.localisation import summarise_localisation
-from breastscreen.ultrasound.recipe import MALIGNANT
+from breastscreen.evaluation.localisation import summarise_localisation
 
 
 def top_attention_hit_rate(
@@ -51,12 +49,6 @@ def top_attention_hit_rate(
     }
 
 
-def _lesion_pairs(breasts: Sequence[Breast], preds: Any, cache: ImageCache) -> list[tuple[np.ndarray, np.ndarray]]:
-    from breastscreen.ultrasound.busbra import localisation_pairs
-
-    return localisation_pairs(breasts, preds, cache)
-
-
 def run_synthetic_experiment(
     work_dir: str | Path,
     n_train: int = 160,
@@ -69,11 +61,12 @@ def run_synthetic_experiment(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generate train/val/test cohorts in ``work_dir``, train KIND us, evaluate on the test cohort."""
+    from breastscreen import Predictor
+    from breastscreen.data.manifest import read_manifest
     from breastscreen.evaluation.stats import AP_METRIC, AUC_METRIC, bootstrap_metric
-    from breastscreen.models.checkpoint import load_checkpoint
     from breastscreen.synthetic.ultrasound import generate_us_cohort
     from breastscreen.training.runner import train
-    from breastscreen.ultrasound.train import predict_bags
+    from breastscreen.ultrasound.busbra import localisation_pairs
 
     work = Path(work_dir)
     t0 = time.time()
@@ -90,33 +83,40 @@ def run_synthetic_experiment(
     outcome = train("us", manifest=str(cohorts["train"]), val_manifest=str(cohorts["val"]), out=str(run_dir),
                     overrides=["progress=false", *overrides], overwrite=True)
     fit = outcome.results[0]
-    ckpt = load_checkpoint(str(run_dir / "best.safetensors"))
-    model = ckpt.model
-    from breastscreen.data.manifest import read_manifest
-
-    test_breasts = breasts_from_exams(read_manifest(cohorts["test"]), require_labels=True)
-    cache_size = int(ckpt.metadata.get("cache_size") or 0) or 2 * int(model.config.input_size)
-    cache, report = build_cache([im for b in test_breasts for im in b.images], cache_size)
-    ds = BagDataset(test_breasts, cache, int(model.config.input_size), int(model.config.in_channels), train=False)
-    preds = predict_bags(model, ds, batch_size=8, keep_maps=True)
-    y = np.array([b.targets[MALIGNANT] for b in ds.breasts])
-    p = preds.probs[:, MALIGNANT]
-    groups = [b.exam_id for b in ds.breasts]
-    auc = bootstrap_metric(AUC_METRIC, y, p, groups=groups, n_resamples=n_boot, seed=seed)
-    ap = bootstrap_metric(AP_METRIC, y, p, groups=groups, n_resamples=n_boot, seed=seed)
-    by_key = {image_key(im): im for b in ds.breasts for im in b.images}
-    pos = [i for i, b in enumerate(ds.breasts) if b.targets[MALIGNANT] == 1]
-    attention = [preds.attention[i][:, MALIGNANT] for i in pos]
-    flags = [[bool(by_key[k].meta.get("has_lesion")) for k in preds.image_ids[i]] for i in pos]
-    loc = summarise_localisation(_lesion_pairs(ds.breasts, preds, cache))
+    predictor = Predictor.load(str(run_dir / "best.safetensors"))
+    exams = read_manifest(cohorts["test"])
+    preds = [predictor.predict_exam(e) for e in exams]
+    y, p, groups, attention, flags = [], [], [], [], []
+    for exam, pred in zip(exams, preds):
+        by_path = {im.path: im for _, im in exam.iter_images()}
+        for side, bag in pred.us_bags.items():
+            label = exam.label(side).malignant
+            if label is None:
+                continue
+            y.append(int(label))
+            p.append(float(bag["probs"][1]))
+            groups.append(exam.exam_id)
+            if label == 1:
+                attention.append(np.asarray(bag["attention"]))
+                flags.append([bool(by_path[src].meta.get("has_lesion")) for src in bag["sources"]])
+    y_arr, p_arr = np.array(y), np.array(p)
+    auc = bootstrap_metric(AUC_METRIC, y_arr, p_arr, groups=groups, n_resamples=n_boot, seed=seed)
+    ap = bootstrap_metric(AP_METRIC, y_arr, p_arr, groups=groups, n_resamples=n_boot, seed=seed)
+    loc = summarise_localisation(localisation_pairs(exams, preds))
+    excluded: dict[str, int] = {}
+    for pred in preds:
+        for bag in (pred.details.get("breasts") or {}).values():
+            for ex in bag.get("excluded", []):
+                key = ex["reason"].split(":")[0]
+                excluded[key] = excluded.get(key, 0) + 1
     return {
         "test": {
             "malignant": {"auroc": auc.value, "auroc_ci95": [auc.ci_low, auc.ci_high],
                           "auprc": ap.value, "auprc_ci95": [ap.ci_low, ap.ci_high],
-                          "n_breasts": int(y.size), "n_malignant": int(y.sum())},
+                          "n_breasts": int(y_arr.size), "n_malignant": int(y_arr.sum())},
             "top_attention_is_lesion_image": top_attention_hit_rate(attention, flags),
             "localisation_malignant_images": loc.as_dict(),
-            "excluded_images": report.as_dict()["by_reason"],
+            "excluded_images": excluded,
         },
         "training": {"best_epoch": fit.best_epoch, "best_val_auroc_malignant": fit.best_value,
                      "epochs_run": fit.epochs_run, "run_dir": str(run_dir)},

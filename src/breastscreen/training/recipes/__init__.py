@@ -27,7 +27,7 @@ RECIPE_MODULES: tuple[str, ...] = (
     "breastscreen.training.recipes.patch",
     "breastscreen.training.recipes.birads",
     "breastscreen.training.recipes.breast",
-    "breastscreen.ultrasound.training",
+    "breastscreen.training.recipes.us",
 )
 
 

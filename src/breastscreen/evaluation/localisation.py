@@ -134,3 +134,18 @@ def summarise_localisation(
         hits=hits,
         ious=ious,
     )
+
+
+def mask_in_prepared_geometry(mask: np.ndarray, record: dict, size: int) -> np.ndarray:
+    """A lesion mask of the original image cropped and resized (nearest) like a prepared ultrasound image.
+
+    ``record`` is the preparation record (``crop_box``, ``original_shape``) and ``size`` the
+    prepared image side.
+    """
+    mask = np.asarray(mask)
+    shape = tuple(int(v) for v in record["original_shape"])
+    if mask.shape[:2] != shape:
+        raise ValueError(f"mask of shape {mask.shape[:2]} does not match the original image {shape}")
+    x0, y0, x1, y1 = (int(v) for v in record["crop_box"])
+    crop = np.ascontiguousarray(mask[y0:y1, x0:x1]).astype(np.uint8)
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_NEAREST) > 0

@@ -1,23 +1,22 @@
 """KIND ``us`` of ``breastscreen train`` / ``breastscreen search``: the ultrasound recipe (Shen et al. 2021).
 
-Registered with the training stage's recipe registry (``breastscreen.training.recipes``), so
-the generic fit loop provides the run directory, per-epoch metrics CSV, best/last
-checkpoints, resume, early stopping and DDP. Recipe (defaults; every value can be overridden
-with ``KEY=VALUE``):
+Recipe (defaults; every value can be overridden with ``KEY=VALUE``):
 
 * model ``us-mil`` (ResNet-18 saliency + gated-attention MIL); its ``top_t`` and
   ``input_size`` come from ``recipe.top_t`` and ``recipe.input_size``;
 * one example = one breast (all its images, padded per batch with a mask);
+* inputs built by the model's spec (:class:`breastscreen.specs.USSpec`, stored in every
+  checkpoint): 8-bit grey, field-of-view crop, area resize to ``recipe.prepare_size``, then
+  in training the paper's flip, rotation ±45°, translation 10 %, scale 0.7-1.5, shear ±25°
+  (ranges scaled by ``recipe.augment_strength``), bilinear resize to ``input_size``,
+  per-image standardisation; validation and ``predict``: resize only;
 * loss = BCE(benign) + BCE(malignant) + ``recipe.beta`` * sum_k |A_k|
-  (:func:`~breastscreen.ultrasound.recipe.us_mil_loss`);
-* Adam (the loop's optimiser) with ``lr`` and L2 ``weight_decay`` (paper search mid-points);
-* training augmentation: flip, rotation ±45°, translation 10 %, scale 0.7-1.5, shear ±25°,
-  bilinear resize; validation: resize only; per-image standardisation;
+  (:func:`~breastscreen.training.losses.us_mil_loss`);
+* Adam with ``lr`` and L2 ``weight_decay`` (paper search mid-points);
 * selection/early stopping on ``val_auroc_malignant`` (the paper keeps each trial's epoch with
   the best validation AUROC). Also reported: ``val_auroc_benign`` and ``val_loss``.
 
-Images are read and cropped once into an in-memory cache (``recipe.cache_size`` pixels);
-``recipe.cache_path`` keeps it on disk between runs.
+Images are prepared once into an in-memory cache; ``recipe.cache_path`` keeps it on disk.
 """
 
 from __future__ import annotations
@@ -29,22 +28,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from breastscreen.data.bags import Breast, breasts_from_exams
+from breastscreen.data.predictions import PredictionRow
 from breastscreen.errors import BreastscreenError
+from breastscreen.labels import BREAST_LABELS
+from breastscreen.specs import USSpec
+from breastscreen.training.bag_dataset import BagDataset, ImageCache, build_cache, collate_bags
 from breastscreen.training.config import TrainConfig
+from breastscreen.training.datasets import describe_exams, load_exams
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask
+from breastscreen.training.losses import US_BENIGN, US_MALIGNANT, us_mil_loss
 from breastscreen.training.recipes import Recipe, register_recipe
 from breastscreen.training.recipes.common import build_model
-from breastscreen.ultrasound.bags import (
-    BagDataset,
-    Breast,
-    ImageCache,
-    ScaledAugment,
-    breasts_from_exams,
-    build_cache,
-    collate_bags,
-)
-from breastscreen.ultrasound.recipe import BENIGN, MALIGNANT, DEFAULT_MODEL, us_mil_loss
-from breastscreen.ultrasound.search import PAPER_SPACE, PAPER_TOP_K
+
+DEFAULT_MODEL = "us-mil"
+
+# The paper's random-search space (keys are configuration keys of ``breastscreen train us``).
+PAPER_SPACE: dict[str, dict[str, Any]] = {
+    "lr": {"low": 10**-5.5, "high": 10**-4.0, "scale": "log"},
+    "recipe.beta": {"low": 10**-3.0, "high": 10**0.5, "scale": "log"},
+    "weight_decay": {"low": 10**-6.0, "high": 10**-3.5, "scale": "log"},
+    "recipe.top_t": {"low": 0.1, "high": 0.5, "scale": "linear"},
+}
+PAPER_TOP_K = 3
 
 
 @dataclass
@@ -54,8 +60,8 @@ class USOptions:
     beta: float = 10**-1.5  # weight of the saliency L1 term
     top_t: float = 0.3  # top-t% pooling fraction of the saliency maps
     input_size: int = 256  # model input (paper: 256)
-    cache_size: int = 288  # cached image side before augmentation/resize
-    cache_path: str = ""  # .npz to keep the preprocessed images between runs ("" = memory only)
+    prepare_size: int = 288  # prepared (cached) image side before augmentation/resize
+    cache_path: str = ""  # .npz to keep the prepared images between runs ("" = memory only)
     max_images: int = 0  # cap of images per breast in training (0 = all)
     augment: bool = True
     augment_strength: float = 1.0  # 1 = the paper's rotation/shear/scale ranges; smaller = milder
@@ -63,23 +69,22 @@ class USOptions:
 
 
 def _load_breasts(path: str) -> list[Breast]:
-    from breastscreen.training.datasets import load_exams
-
     breasts = breasts_from_exams(load_exams(path), require_labels=True)
     if not breasts:
         raise BreastscreenError(f"{path}: no ultrasound breast with images")
     return breasts
 
 
-def _cache_for(breasts: list[Breast], opts: USOptions) -> ImageCache:
+def _cache_for(breasts: list[Breast], spec: USSpec, cache_path: str) -> ImageCache:
     existing = None
-    if opts.cache_path and Path(opts.cache_path).is_file():
-        existing = ImageCache.load(opts.cache_path)
-        if existing.size != opts.cache_size:
-            existing = None
-    cache, _ = build_cache([im for b in breasts for im in b.images], opts.cache_size, existing=existing)
-    if opts.cache_path:
-        cache.save(opts.cache_path)
+    if cache_path and Path(cache_path).is_file():
+        try:
+            existing = ImageCache.load(cache_path)
+        except BreastscreenError:
+            existing = None  # an older cache format: rebuilt below
+    cache, _ = build_cache([im for b in breasts for im in b.images], spec, existing=existing)
+    if cache_path:
+        cache.save(cache_path)
     return cache
 
 
@@ -90,6 +95,18 @@ def auroc_or_nan(y: np.ndarray, s: np.ndarray) -> float:
     return roc_auc(y, s) if 0 < y.sum() < y.size else float("nan")
 
 
+def bag_rows(breasts: list[Breast], probs: np.ndarray) -> list[PredictionRow]:
+    """Per-exam rows of the predictions table from per-breast (benign, malignant) probabilities."""
+    rows: dict[str, PredictionRow] = {}
+    for b, p in zip(breasts, probs):
+        row = rows.setdefault(b.exam_id, PredictionRow(b.exam_id, {c: None for c in BREAST_LABELS}, {"breasts": {}}))
+        if b.side in ("L", "R"):
+            name = "left" if b.side == "L" else "right"
+            row.values[f"{name}_benign"], row.values[f"{name}_malignant"] = float(p[0]), float(p[1])
+        row.details["breasts"][b.side or "U"] = {"benign": float(p[0]), "malignant": float(p[1])}
+    return list(rows.values())
+
+
 def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
     """TrainTask of KIND us (see the module docstring)."""
     opts: USOptions = cfg.recipe
@@ -97,14 +114,18 @@ def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
         raise BreastscreenError("KIND us needs --val-manifest (model selection uses validation AUROC)")
     train_breasts = _load_breasts(cfg.manifest)
     val_breasts = _load_breasts(cfg.val_manifest)
-    cache = _cache_for(train_breasts + val_breasts, opts)
     model = build_model(cfg, DEFAULT_MODEL, member, top_t=opts.top_t, input_size=opts.input_size)
-    channels = int(getattr(model.config, "in_channels", 1))
-    train_set = BagDataset(train_breasts, cache, opts.input_size, channels, train=opts.augment, seed=cfg.seed,
-                           max_images=opts.max_images or None, augment=ScaledAugment(opts.augment_strength))
-    val_set = BagDataset(val_breasts, cache, opts.input_size, channels, train=False)
+    try:
+        spec = USSpec(input_size=opts.input_size, prepare_size=opts.prepare_size,
+                      in_channels=int(getattr(model.config, "in_channels", 1)), augment_strength=opts.augment_strength)
+    except ValueError as exc:
+        raise BreastscreenError(f"recipe options do not make a valid ultrasound spec: {exc}") from None
+    cache = _cache_for(train_breasts + val_breasts, spec, opts.cache_path)
+    train_set = BagDataset(train_breasts, cache, spec, train=opts.augment, seed=cfg.seed,
+                           max_images=opts.max_images or None)
+    val_set = BagDataset(val_breasts, cache, spec, train=False)
     labels = np.array([b.targets for b in train_set.breasts])
-    if labels[:, MALIGNANT].min() == labels[:, MALIGNANT].max():
+    if labels[:, US_MALIGNANT].min() == labels[:, US_MALIGNANT].max():
         raise BreastscreenError(f"{cfg.manifest}: training breasts must include malignant and non-malignant ones")
 
     def compute_loss(m: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
@@ -123,31 +144,29 @@ def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
         rows = ctx.predict(m, val_set, val_forward, collate_fn=collate_bags)
         p = np.stack([r[0] for r in rows])
         y = np.stack([r[1] for r in rows])
+        ctx.record_predictions(BREAST_LABELS, bag_rows(val_set.breasts[: len(rows)], p))
         pc = np.clip(p, 1e-7, 1 - 1e-7)
         bce = -(y * np.log(pc) + (1 - y) * np.log1p(-pc)).mean(axis=0).sum()
         return {
-            "val_auroc_malignant": auroc_or_nan(y[:, MALIGNANT], p[:, MALIGNANT]),
-            "val_auroc_benign": auroc_or_nan(y[:, BENIGN], p[:, BENIGN]),
+            "val_auroc_malignant": auroc_or_nan(y[:, US_MALIGNANT], p[:, US_MALIGNANT]),
+            "val_auroc_benign": auroc_or_nan(y[:, US_BENIGN], p[:, US_BENIGN]),
             "val_loss": float(bce + opts.beta * np.mean([r[2] for r in rows])),
         }
 
-    from breastscreen.training.datasets import describe_exams, load_exams
-
     meta = {
         "task": "ultrasound-breast",
-        "family": "us",
         "input_size": opts.input_size,
-        "cache_size": opts.cache_size,
         "channels": ["image"],
         "views": ["L-US", "R-US", "U-US"],
-        "normalisation": "field-of-view crop, resize to input_size (bilinear), per-image standardisation",
+        "normalisation": "8-bit field-of-view crop, area resize to prepare_size, bilinear resize to input_size, "
+                         "per-image standardisation",
         "labels": ["benign", "malignant"],
         "recipe": {"beta": opts.beta, "top_t": opts.top_t, "augment_strength": opts.augment_strength},
         "training_data": {**describe_exams(load_exams(cfg.manifest), cfg.manifest),
                           "n_breasts": len(train_set), "description": opts.data_description},
     }
     return TrainTask(model=model, train_set=train_set, compute_loss=compute_loss, evaluate=evaluate,
-                     collate_fn=collate_bags, metadata=meta)
+                     collate_fn=collate_bags, metadata=meta, spec=spec)
 
 
 register_recipe(Recipe(
