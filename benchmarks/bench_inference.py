@@ -37,7 +37,7 @@ from breastscreen import __version__
 from breastscreen.data.readers import load_image
 from breastscreen.inference.heatmaps import SlidingWindowHeatmapper, extract_patches, patch_geometry, prepare_image
 from breastscreen.inference.strides import window_offsets
-from breastscreen.inference.tta import base_window, view_inputs
+from breastscreen.specs import MultiViewSpec, PreparedImage
 from breastscreen.models import create_model
 from breastscreen.preprocess.pipeline import preprocess_manifest
 from breastscreen.synthetic.mammo import generate_mammo_cohort
@@ -141,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model("nyu-viewwise-heatmaps").to(device).eval()
         t0 = time.perf_counter()
         inputs = {}
+        spec = MultiViewSpec(scale=scale, channels=("image", "benign", "malignant"))
         for v, img in views.items():
-            window = base_window("nyu", v, img.preprocessing, None, scale)
-            inputs[v] = torch.from_numpy(view_inputs("nyu", v, pixels[v], heatmaps[v], window, 1, 0, scale)).to(device)
+            prepared = PreparedImage(pixels[v], dict(img.preprocessing), None, img.path)
+            inputs[v] = torch.from_numpy(spec.view_inputs(prepared, v, heatmaps[v])).to(device)
         prep = time.perf_counter() - t0
         with torch.inference_mode():
             model(inputs)  # warm-up

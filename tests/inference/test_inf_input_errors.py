@@ -16,9 +16,9 @@ def test_heatmaps_refuses_bad_counts_and_non_patch_models(tmp_path: Path) -> Non
     torch.manual_seed(0)
     patch = save_checkpoint(create_model("densenet-tiny"), tmp_path / "patch.safetensors", {"scale": 0.03})
     breast = save_checkpoint(create_model("nyu-viewwise", num_filters=4), tmp_path / "breast.safetensors", {})
-    with pytest.raises(BreastscreenError, match="--batch-size must be >= 1, got 0"):
+    with pytest.raises(BreastscreenError, match=r"--batch-size: .*greater than or equal to 1 \(got 0\)"):
         run_heatmaps([], str(patch), tmp_path / "a", batch_size=0)
-    with pytest.raises(BreastscreenError, match="--images-per-chunk must be >= 1, got -1"):
+    with pytest.raises(BreastscreenError, match=r"--images-per-chunk: .*greater than or equal to 1 \(got -1\)"):
         run_heatmaps([], str(patch), tmp_path / "a", images_per_chunk=-1)
     with pytest.raises(BreastscreenError, match="is a breast model; heatmaps need a patch classifier"):
         run_heatmaps([], str(breast), tmp_path / "a", device="cpu")

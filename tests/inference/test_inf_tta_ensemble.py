@@ -10,26 +10,39 @@ import pytest
 
 from breastscreen.errors import CheckpointError
 from breastscreen.inference.ensemble import average, expand_model_refs, read_ensemble
-from breastscreen.inference.tta import derive_seed, view_inputs
+from breastscreen.errors import BreastscreenError
+from breastscreen.specs import ImageSpec, MultiViewSpec, PreparedImage, derive_seed
 from breastscreen.preprocess.mammo import extract_window, standardize
 
 
 def test_first_copy_is_unaugmented_and_copies_are_deterministic() -> None:
+    scale = 0.05
     rng = np.random.default_rng(0)
-    image = rng.random((60, 40)).astype(np.float32)
-    maps = rng.random((2, 60, 40)).astype(np.float32)
-    box = (0, 5, 30, 55)
-    for family in ("nyu", "mvdcn", "flips"):
-        x = view_inputs(family, "L-CC", image, maps, box, 3, seed=7, scale=0.05)
-        assert x.shape == (3, 3, 50, 30)
+    image = rng.random((150, 120)).astype(np.float32)
+    maps = rng.random((2, 150, 120)).astype(np.float32)
+    channels = ("image", "benign", "malignant")
+    cc = MultiViewSpec(scale=scale, channels=channels).window_shape("L-CC")
+    mv = MultiViewSpec(kind="mvdcn", task="birads", window="mvdcn_window", scale=scale, channels=channels)
+    record = {"scale": scale, "window": [0, 5, cc[1], 5 + cc[0]],
+              "mvdcn_window": [0, 2, mv.window_shape("L-CC")[1], 2 + mv.window_shape("L-CC")[0]]}
+    prepared = PreparedImage(image, record)
+    specs = [MultiViewSpec(scale=scale, channels=channels), mv, ImageSpec(scale=scale, channels=channels)]
+    for spec in specs:
+        box = record[getattr(spec, "window", "window")]
+        if isinstance(spec, ImageSpec):
+            x = spec.image_inputs(prepared, "L-CC", maps, n=3, seed=7)
+            y = spec.image_inputs(prepared, "L-CC", maps, n=3, seed=7)
+        else:
+            x = spec.view_inputs(prepared, "L-CC", maps, rng=np.random.default_rng(7), n=3)
+            y = spec.view_inputs(prepared, "L-CC", maps, rng=np.random.default_rng(7), n=3)
+            assert not np.array_equal(x[1], x[0])
+        assert x.shape == (3, 3, box[3] - box[1], box[2] - box[0])
         np.testing.assert_allclose(x[0, 0], standardize(extract_window(image, box)), atol=1e-5)
         np.testing.assert_allclose(x[0, 1:], extract_window(maps, box), atol=1e-6)
-        y = view_inputs(family, "L-CC", image, maps, box, 3, seed=7, scale=0.05)
         assert np.array_equal(x, y)
-        assert not np.array_equal(x[1], x[0]) or family == "flips"
     assert derive_seed(1, "E1", "L-CC", 0) != derive_seed(1, "E1", "R-CC", 0)
-    with pytest.raises(ValueError):
-        view_inputs("nyu", "L-CC", image, None, box, 0, 0, 0.05)
+    with pytest.raises(BreastscreenError, match="tta"):
+        specs[0].exam_rows("E1", {"L-CC": [prepared]}, n_tta=0)
 
 
 def test_ensemble_manifest(tmp_path: Path) -> None:

@@ -366,10 +366,10 @@ def run_heatmaps(
     from breastscreen.preprocess.pipeline import preprocess_manifest
     from breastscreen.utils import resolve_device
 
-    if batch_size < 1:
-        raise BreastscreenError(f"--batch-size must be >= 1, got {batch_size}")
-    if images_per_chunk < 1:
-        raise BreastscreenError(f"--images-per-chunk must be >= 1, got {images_per_chunk}")
+    from breastscreen.inference.options import HeatmapOptions
+
+    HeatmapOptions(device=device, batch_size=batch_size, skip_background=skip_background,
+                   images_per_chunk=images_per_chunk, workers=workers)
     # Checked before anything is preprocessed or written.
     check_heatmap_out_dir(out_dir, resume, overwrite)
     try:

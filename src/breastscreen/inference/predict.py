@@ -39,6 +39,7 @@ import numpy as np
 from breastscreen import __version__
 from breastscreen.data.types import Exam, Modality
 from breastscreen.errors import BreastscreenError
+from breastscreen.inference.options import PredictOptions
 from breastscreen.inference.predictor import ExamPrediction, Predictor
 from breastscreen.inference.writers import UNKNOWN_COLUMNS, write_outputs
 from breastscreen.specs import PreparedImage
@@ -51,22 +52,6 @@ INPUT_MANIFEST = "manifest.jsonl"
 RUN_OUTPUTS: tuple[str, ...] = ("predictions.csv", "predictions.jsonl", "run.json")
 # Errors that belong to one exam's data (never to the run as a whole).
 EXAM_ERRORS: tuple[type[BaseException], ...] = (BreastscreenError, ValueError, OSError, KeyError)
-
-
-@dataclass
-class PredictOptions:
-    """Options of :func:`predict` (see ``breastscreen predict --help``)."""
-
-    tta: int = 1
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 8
-    heatmaps_dir: str | None = None
-    patch_model: str | None = None
-    patch_batch_size: int = 256
-    pictures: bool = True
-    max_pictures: int | None = None
-    workers: int = 1
 
 
 @dataclass
