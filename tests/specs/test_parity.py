@@ -3,7 +3,6 @@ Predictor's tensor exactly and the validation loop's probability equals ``Predic
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest

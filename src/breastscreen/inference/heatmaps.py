@@ -32,34 +32,16 @@ option; only the background differs. The flag is stored in each file's metadata.
 
 from __future__ import annotations
 
-import copy
-import csv
-import json
-import math
-import os
-import re
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from breastscreen import __version__
-from breastscreen.errors import BreastscreenError
 from breastscreen.inference.strides import padded_size, stride_list, window_offsets
-from breastscreen.labels import HEATMAP_CHANNELS, PATCH_CLASSES, PATCH_SIZE, PATCH_STRIDE
-from breastscreen.specs.mammo import patch_geometry
-from breastscreen.data.heatmaps import (  # noqa: F401 - the file format, re-exported
-    HEATMAP_SUFFIX,
-    heatmap_filename,
-    read_heatmap_file,
-    read_heatmap_meta,
-    write_heatmap_file,
-)
-
+from breastscreen.labels import HEATMAP_CHANNELS, PATCH_CLASSES
+from breastscreen.specs.mammo import patch_geometry  # noqa: F401 - re-exported: geometry belongs to the patch spec
 
 
 # --------------------------------------------------------------------------- geometry

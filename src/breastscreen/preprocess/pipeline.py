@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from breastscreen.data.manifest import read_manifest, write_manifest
-from breastscreen.data.types import ROI, Exam, ImageRef, LesionMask, Modality, view_angle, view_side
+from breastscreen.data.types import ROI, Exam, ImageRef, LesionMask, Modality
 from breastscreen.errors import BreastscreenError, PreprocessError
 from breastscreen.preprocess import mammo, ultrasound
 from breastscreen.preprocess.intensity import quantise

@@ -29,10 +29,6 @@ decision. Only rank 0 writes files.
 
 from __future__ import annotations
 
-import csv
-import math
-import os
-import random
 import shutil
 import time
 from contextlib import nullcontext
