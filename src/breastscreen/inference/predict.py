@@ -132,7 +132,8 @@ def load_inputs(source: str | os.PathLike[str]) -> tuple[list[Exam], list[tuple[
     raise BreastscreenError(f"{p}: no such manifest file or folder")
 
 
-def _preprocess(exams: list[Exam], out_dir: Path, scale: float, workers: int) -> tuple[list[Exam], list[tuple[str, str]]]:
+def _preprocess(exams: list[Exam], out_dir: Path, scale: float, workers: int,
+                suppress_background: bool = True) -> tuple[list[Exam], list[tuple[str, str]]]:
     """Preprocess the mammography exams that need it at ``scale`` (already preprocessed ones must match it)."""
     from breastscreen.preprocess.pipeline import preprocess_manifest
 
@@ -151,7 +152,7 @@ def _preprocess(exams: list[Exam], out_dir: Path, scale: float, workers: int) ->
     done: dict[str, Exam] = {}
     if todo:
         out, issues = preprocess_manifest(todo, out_dir, scale, resume=(out_dir / "manifest.jsonl").exists(),
-                                          workers=workers)
+                                          workers=workers, suppress_background=suppress_background)
         done = {e.exam_id: e for e in out}
         reasons: dict[str, list[str]] = {}
         for row in issues:
@@ -251,7 +252,8 @@ def predict(
     if modality is Modality.MG:
         if progress:
             progress("preprocess", "")
-        exams, pre_errors = _preprocess(exams, out / "preprocessed", float(spec.scale), opts.workers)
+        exams, pre_errors = _preprocess(exams, out / "preprocessed", float(spec.scale), opts.workers,
+                                        bool(getattr(spec, "suppress_background", True)))
         errors += pre_errors
 
     heatmaps_dir = Path(opts.heatmaps_dir) if opts.heatmaps_dir else None

@@ -172,10 +172,12 @@ class Predictor:
         if not np.isclose(spec.scale, prepared.record.get("scale", spec.scale)):
             raise BreastscreenError(f"{prepared.source}: image at scale {prepared.record.get('scale')}, "
                                     f"the patch model works at {spec.scale}")
-        inferer = SlidingWindowHeatmapper(self.patch.model, spec.patch_size, spec.stride or spec.patch_size,
+        # Every window is evaluated (no background skipping), as `breastscreen heatmaps` does by
+        # default, so in-memory and file heatmaps agree outside the breast too.
+        inferer = SlidingWindowHeatmapper(self.patch.model, spec.patch_size, spec.target_stride,
                                           batch_size=self.patch_batch_size, device=self.device,
-                                          skip_background=prepared.mask is not None, class_names=spec.classes)
-        maps = inferer.heatmaps([prepared.pixels], [prepared.mask])[0].maps
+                                          skip_background=False, class_names=spec.classes)
+        maps = inferer.heatmaps([prepared.pixels])[0].maps
         return maps.astype(np.float16).astype(np.float32)
 
     def _maps(self, heatmaps: HeatmapSource | None, exam_id: str, view: str, k: int,

@@ -26,7 +26,7 @@ import zlib
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from breastscreen.data.types import MG_VIEWS, view_angle
 from breastscreen.errors import BreastscreenError
@@ -61,7 +61,9 @@ def prepare_mammogram(image: ImageLike, view: str, scale: float, suppress_backgr
                 f"{image.path}: preprocessed at scale {stored_scale}, the model needs {scale}; give the raw images"
             )
         pixels = preprocessed_pixels(image)
-        mask = preprocessed_mask(image, pixels.shape) if need_mask else None
+        # The mask is only needed to place a window preprocessing did not store.
+        stored_windows = all(k in record for k in ("window", "mvdcn_window"))
+        mask = preprocessed_mask(image, pixels.shape) if need_mask and not stored_windows else None
         return PreparedImage(pixels, record, mask, image.path)
     data = read_source(image)
     res = preprocess_view(data.pixels, data.pixel_spacing, view, scale, suppress_background=suppress_background,
@@ -77,6 +79,14 @@ class _MammoSpec(ModelSpec):
     scale: float = Field(1.0, gt=0, le=2, description="image scale: 1 = 0.1 mm pixels (full resolution)")
     suppress_background: bool = True
     channels: tuple[str, ...] = ("image",)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = (("image",), ("image", *HEATMAP_CHANNELS))
+        if tuple(value) not in allowed:
+            raise ValueError(f"must be one of {[list(a) for a in allowed]}")
+        return tuple(value)
 
     @property
     def in_channels(self) -> int:
@@ -283,6 +293,11 @@ class PatchSpec(ModelSpec):
     classes: tuple[str, ...] = tuple(PATCH_CLASSES)
 
     value_columns: ClassVar[tuple[str, ...]] = tuple(HEATMAP_CHANNELS)
+
+    @property
+    def target_stride(self) -> int:
+        """The stride asked of the window placement: stored, or the paper's 70/256 of the patch size."""
+        return self.stride or max(1, round(self.patch_size * PATCH_STRIDE / PATCH_SIZE))
 
 
 def patch_geometry(scale: float, metadata: dict[str, Any] | None = None) -> tuple[int, int]:

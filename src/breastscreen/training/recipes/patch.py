@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from breastscreen.errors import BreastscreenError
 from breastscreen.labels import HEATMAP_CHANNELS, PATCH_CLASSES, PATCH_SIZE, PATCH_STRIDE
+from breastscreen.specs import PatchSpec
 from breastscreen.training.config import TrainConfig
 from breastscreen.training.datasets import describe_exams, finite_mean, load_exams
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask, derive_seed
@@ -204,7 +205,8 @@ def build_patch(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTa
     }
     return TrainTask(model=model, train_set=train_set, compute_loss=compute_loss, evaluate=evaluate,
                      sampler=ShuffleSampler(len(train_set), seed=cfg.seed, shuffle=False), metadata=meta,
-                     eval_every=opts.checkpoint_every, snapshot_every=opts.checkpoint_every)
+                     eval_every=opts.checkpoint_every, snapshot_every=opts.checkpoint_every,
+                     spec=PatchSpec(scale=scale, patch_size=out_size, stride=stride, classes=tuple(PATCH_CLASSES)))
 
 
 def _patch_evaluator(val_set: PatchEpochDataset) -> Any:
