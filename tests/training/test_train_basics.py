@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,3 +181,17 @@ def test_written_ensemble_manifest_is_read_by_predict(tmp_path):
     refs = expand_model_refs([str(path)])
     assert [r.ref for r in refs] == [str((tmp_path / f"m{k}" / "best.safetensors").resolve()) for k in range(2)]
     assert refs[0].source == f"{path}:members[0]"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("recipe.beta=-1", "recipe.beta must be >= 0, got -1.0"),
+    ("recipe.top_t=0", "recipe.top_t must be > 0, got 0.0"),
+    ("recipe.augment_strength=2", "recipe.augment_strength must be <= 1, got 2.0"),
+    ("recipe.prepare_size=8", "recipe.prepare_size must be >= 32, got 8"),
+])
+def test_recipe_options_are_checked_against_declared_rules(override, message):
+    from breastscreen.training.config import ConfigError, resolve_config
+    from breastscreen.training.recipes import get_recipe
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_config({"kind": "us"}, get_recipe("us").options_cls, parse_overrides([override]))

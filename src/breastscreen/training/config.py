@@ -137,6 +137,29 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+_RULES = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+          "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+def bounded(default: Any, **rules: float) -> Any:
+    """A dataclass field with declarative range rules (``ge``, ``gt``, ``le``, ``lt``) that
+    :func:`build_dataclass` checks, naming the key, the rule and the value received."""
+    unknown = set(rules) - set(_RULES)
+    if unknown:
+        raise TypeError(f"unknown rule(s) {sorted(unknown)}; use {sorted(_RULES)}")
+    return field(default=default, metadata={"rules": rules})
+
+
+def check_rules(value: Any, rules: Mapping[str, float], key: str) -> None:
+    """Raise ConfigError when ``value`` breaks one of ``rules`` (None is left to the type)."""
+    if value is None:
+        return
+    for name, bound in rules.items():
+        test, symbol = _RULES[name]
+        if not test(value, bound):
+            raise ConfigError(f"{key} must be {symbol} {bound}, got {value!r}")
+
+
 def _suggest(name: str, options: list[str]) -> str:
     close = difflib.get_close_matches(name, options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -145,12 +168,14 @@ def _suggest(name: str, options: list[str]) -> str:
 def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from a mapping, coercing types and rejecting unknown keys."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls) if f.init]
+    by_name = {f.name: f for f in fields(cls) if f.init}
+    names = list(by_name)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in names:
             raise ConfigError(f"unknown option {prefix}{key}{_suggest(key, names)}; valid: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+        check_rules(kwargs[key], by_name[key].metadata.get("rules", {}), f"{prefix}{key}")
     try:
         return cls(**kwargs)
     except TypeError as exc:

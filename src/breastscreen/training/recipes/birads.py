@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from breastscreen.errors import BreastscreenError
 from breastscreen.labels import BIRADS_CLASSES
-from breastscreen.training.config import TrainConfig
+from breastscreen.training.config import TrainConfig, bounded
 from breastscreen.data.predictions import PredictionRow
 from breastscreen.training.datasets import NYU_JITTER_PX, MammoExamDataset, collate_exams, load_exams
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask
@@ -35,7 +35,7 @@ class BiradsOptions:
     """``recipe.*`` options of KIND birads."""
 
     augment: bool = True
-    jitter_px: float = NYU_JITTER_PX
+    jitter_px: float = bounded(NYU_JITTER_PX, ge=0, le=1000)
     data_description: str = ""
 
 

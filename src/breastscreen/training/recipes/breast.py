@@ -32,7 +32,7 @@ from breastscreen.data.predictions import PredictionRow
 from breastscreen.data.types import MG_VIEWS
 from breastscreen.errors import BreastscreenError
 from breastscreen.labels import BREAST_LABELS, HEATMAP_CHANNELS, NYU_WINDOWS
-from breastscreen.training.config import TrainConfig
+from breastscreen.training.config import TrainConfig, bounded
 from breastscreen.specs import MultiViewSpec
 from breastscreen.training.datasets import (
     NYU_JITTER_PX,
@@ -60,8 +60,8 @@ class BreastOptions:
     val_heatmaps: str = ""  # heatmap folder of the validation exams (default: ``heatmaps``)
     patch_model: str = ""  # patch model that made the heatmaps (recorded so predict can remake them)
     augment: bool = True
-    jitter_px: float = NYU_JITTER_PX
-    negatives_per_positive: float = 1.0
+    jitter_px: float = bounded(NYU_JITTER_PX, ge=0, le=1000)
+    negatives_per_positive: float = bounded(1.0, gt=0)
     data_description: str = ""
 
 

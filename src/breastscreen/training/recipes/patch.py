@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from breastscreen.errors import BreastscreenError
 from breastscreen.labels import HEATMAP_CHANNELS, PATCH_CLASSES, PATCH_SIZE, PATCH_STRIDE
 from breastscreen.specs import PatchSpec
-from breastscreen.training.config import TrainConfig
+from breastscreen.training.config import TrainConfig, bounded
 from breastscreen.training.datasets import describe_exams, finite_mean, load_exams
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask, derive_seed
 from breastscreen.training.losses import patch_class_weights, weighted_cross_entropy
@@ -48,15 +48,15 @@ class PatchOptions:
     """``recipe.*`` options of KIND patch."""
 
     composition: dict[str, int] = field(default_factory=lambda: dict(PAPER_COMPOSITION))
-    epoch_size: int = 0  # 0 = the composition as given; > 0 = scale it to this many patches
+    epoch_size: int = bounded(0, ge=0)  # 0 = the composition as given; > 0 = scale it to this many patches
     val_composition: dict[str, int] = field(default_factory=lambda: {"malignant": 100, "benign": 100,
                                                                       "outside": 200, "negative": 200})
-    checkpoint_every: int = 1  # K: save and validate every K epochs
+    checkpoint_every: int = bounded(1, ge=1)  # K: save and validate every K epochs
     heatmap_validation: bool = True
-    heatmap_batch_size: int = 256
+    heatmap_batch_size: int = bounded(256, ge=1)
     size_range: list[float] = field(default_factory=lambda: [128.0, 384.0])
-    max_rotation: float = 30.0
-    min_breast_fraction: float = 0.1
+    max_rotation: float = bounded(30.0, ge=0, le=180)
+    min_breast_fraction: float = bounded(0.1, ge=0, le=1)
     data_description: str = ""
 
 

@@ -34,7 +34,7 @@ from breastscreen.errors import BreastscreenError
 from breastscreen.labels import BREAST_LABELS
 from breastscreen.specs import USSpec
 from breastscreen.training.bag_dataset import BagDataset, ImageCache, build_cache, collate_bags
-from breastscreen.training.config import TrainConfig
+from breastscreen.training.config import TrainConfig, bounded
 from breastscreen.training.datasets import describe_exams, load_exams
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask
 from breastscreen.training.losses import US_BENIGN, US_MALIGNANT, us_mil_loss
@@ -57,14 +57,14 @@ PAPER_TOP_K = 3
 class USOptions:
     """``recipe.*`` options of KIND us."""
 
-    beta: float = 10**-1.5  # weight of the saliency L1 term
-    top_t: float = 0.3  # top-t% pooling fraction of the saliency maps
-    input_size: int = 256  # model input (paper: 256)
-    prepare_size: int = 288  # prepared (cached) image side before augmentation/resize
+    beta: float = bounded(10**-1.5, ge=0)  # weight of the saliency L1 term
+    top_t: float = bounded(0.3, gt=0, le=1)  # top-t% pooling fraction of the saliency maps
+    input_size: int = bounded(256, ge=32, le=1024)  # model input (paper: 256)
+    prepare_size: int = bounded(288, ge=32, le=2048)  # prepared (cached) image side before augmentation/resize
     cache_path: str = ""  # .npz to keep the prepared images between runs ("" = memory only)
-    max_images: int = 0  # cap of images per breast in training (0 = all)
+    max_images: int = bounded(0, ge=0)  # cap of images per breast in training (0 = all)
     augment: bool = True
-    augment_strength: float = 1.0  # 1 = the paper's rotation/shear/scale ranges; smaller = milder
+    augment_strength: float = bounded(1.0, ge=0, le=1)  # 1 = the paper's ranges; smaller = milder
     data_description: str = ""
 
 
