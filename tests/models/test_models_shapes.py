@@ -166,10 +166,10 @@ def test_models_shapes_location_indicator_and_embedding_maps() -> None:
 
 def test_models_shapes_allconv_init_from_patch() -> None:
     patch = create_model("resnet50-patch", layers=(1, 1), width=8)
-    model = create_model("allconv-resnet50", trunk_overrides={"layers": (1, 1), "width": 8}, top_channels=(8, 8, 16))
+    model = create_model("allconv-resnet50", trunk_overrides={"layers": (1, 1), "width": 8}, top_blocks=((8, 16, 1), (8, 16, 1)))
     copied = init_allconv_from_patch(model, patch)
     assert copied and torch.equal(model.patch.stem.conv.weight, patch.stem.conv.weight)
-    heat = create_model("allconv-resnet50-heatmap", trunk_overrides={"layers": (1, 1), "width": 8}, top_channels=(8, 8, 16))
+    heat = create_model("allconv-resnet50-heatmap", trunk_overrides={"layers": (1, 1), "width": 8}, top_blocks=((8, 16, 1), (8, 16, 1)))
     init_allconv_from_patch(heat, patch)
     x = torch.randn(1, 1, 64, 64)
     patch.eval(), heat.eval()

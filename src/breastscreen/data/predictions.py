@@ -54,3 +54,21 @@ class PredictionRow:
     exam_id: str
     values: dict[str, float | None]
     details: dict[str, Any] = field(default_factory=dict)
+
+
+IMAGE_COLUMNS: tuple[str, ...] = ("exam_id", "view", "image", "benign", "malignant")
+
+
+def write_image_predictions_csv(path: Path, predictions: Sequence[Any]) -> bool:
+    """``image_predictions.csv`` of per-image models (one row per image: ``exam_id, view, image,
+    benign, malignant``, image = index within the view); returns False (and writes nothing) when
+    no prediction has per-image outputs."""
+    rows = []
+    for p in predictions:
+        for view, images in (p.details.get("per_view") or {}).items():
+            for k, v in enumerate(images):
+                rows.append([p.exam_id, view, k, fmt(v.get("benign")), fmt(v.get("malignant"))])
+    if not rows:
+        return False
+    write_csv(path, IMAGE_COLUMNS, rows)
+    return True

@@ -261,8 +261,6 @@ class Predictor:
         return ExamPrediction(exam_id, spec.postprocess(probs), details, panels)
 
     def _image(self, exam_id: str, views: dict[str, list[ImageLike]], heatmaps: HeatmapSource | None) -> ExamPrediction:
-        from breastscreen.specs.mammo import derive_seed
-
         spec: ImageSpec = self.spec  # type: ignore[assignment]
         prepared, maps = self._mammo_views(exam_id, views, heatmaps)
         per_view: dict[str, list[dict[str, float | None]]] = {}
@@ -271,14 +269,13 @@ class Predictor:
         for view in [v for v in MG_VIEWS if prepared[v]]:
             per_view[view] = []
             for k, image in enumerate(prepared[view]):
-                x = spec.image_inputs(image, view, maps[view][k], n=self.tta,
-                                      seed=derive_seed(self.seed, exam_id, view, k))
+                x = spec.image_inputs(image, view, maps[view][k], n=self.tta)
                 outs, saliency = [], []
                 for member in self.members:
                     parts = self._batched(member, x.shape[0], lambda sl: (torch.from_numpy(x[sl]).to(self.device),))
                     outs.append(spec.image_probs(np.concatenate([q["probs"] for q in parts]).mean(axis=0)))
                     if "saliency" in parts[0]:
-                        saliency.append(parts[0]["saliency"][0])  # copy 0 = un-augmented geometry
+                        saliency.append(parts[0]["saliency"][0])  # copy 0 = un-flipped geometry
                 p = average(outs)
                 side_probs[view_side(view)].append(p)
                 per_view[view].append({"benign": None if np.isnan(p[0]) else float(p[0]), "malignant": float(p[1])})
@@ -286,18 +283,23 @@ class Predictor:
                     overlay = None
                     if saliency:
                         sal = average(saliency).astype(np.float32)
-                        box = spec.base_window(image, view)
-                        overlay = dict(zip(HEATMAP_CHANNELS, window_map_to_image(sal, box, image.pixels.shape)))
+                        if spec.input == "window":
+                            box = spec.base_window(image, view)
+                            placed = window_map_to_image(sal, box, image.pixels.shape)
+                        else:
+                            placed = window_map_to_image(sal, (0, 0, image.pixels.shape[1], image.pixels.shape[0]),
+                                                         image.pixels.shape)
+                        overlay = dict(zip(HEATMAP_CHANNELS, placed))
                     elif maps[view][k] is not None:
                         overlay = dict(zip(HEATMAP_CHANNELS, maps[view][k]))
                     panels[view] = (image, overlay)
         values: dict[str, float | None] = {c: None for c in spec.value_columns}
         for side, name in (("L", "left"), ("R", "right")):
             if side_probs[side]:
-                p = np.mean(np.stack(side_probs[side]), axis=0)
+                p = spec.breast_probs(side_probs[side])
                 values[f"{name}_benign"] = None if np.isnan(p[0]) else float(p[0])
                 values[f"{name}_malignant"] = float(p[1])
-        details = {"per_view": per_view, "views_used": list(per_view),
+        details = {"per_view": per_view, "views_used": list(per_view), "aggregation": spec.aggregation,
                    "missing_views": [v for v in MG_VIEWS if v not in per_view]}
         return ExamPrediction(exam_id, values, details, panels)
 

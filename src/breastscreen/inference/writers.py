@@ -1,5 +1,6 @@
-"""Writers of a prediction run: ``predictions.csv`` (:mod:`breastscreen.data.predictions`),
-``predictions.jsonl``, ``errors.csv``, ``skipped_files.csv`` and ``run.json`` (each atomic).
+"""Writers of a prediction run: ``predictions.csv`` and, for per-image models,
+``image_predictions.csv`` (:mod:`breastscreen.data.predictions`), ``predictions.jsonl``,
+``errors.csv``, ``skipped_files.csv`` and ``run.json`` (each atomic).
 """
 
 from __future__ import annotations
@@ -8,7 +9,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from breastscreen.data.predictions import UNKNOWN_COLUMNS, write_csv, write_predictions_csv
+from breastscreen.data.predictions import (
+    UNKNOWN_COLUMNS,
+    write_csv,
+    write_image_predictions_csv,
+    write_predictions_csv,
+)
 from breastscreen.utils import atomic_path
 
 __all__ = ["UNKNOWN_COLUMNS", "write_outputs", "write_predictions_csv"]
@@ -17,6 +23,9 @@ def write_outputs(out: Path, columns: list[str], predictions: Sequence[Any], err
                   skipped: Sequence[tuple[str, str]], provenance: dict[str, Any]) -> None:
     """Every table of a prediction run (see the module docstring)."""
     write_predictions_csv(out / "predictions.csv", columns, predictions)
+    if not write_image_predictions_csv(out / "image_predictions.csv", predictions):
+        # An overwritten run of another model family must not keep the previous per-image table.
+        (out / "image_predictions.csv").unlink(missing_ok=True)
     with atomic_path(out / "predictions.jsonl") as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for p in predictions:

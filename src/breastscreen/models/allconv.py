@@ -4,9 +4,14 @@ A patch classifier (``resnet50-patch`` or ``vgg16-patch``) is turned into a whol
 its convolutional trunk runs on the whole image, then two top blocks, global average pooling and a
 2-class output (``logits``/``probs`` [B, 2]: index 1 = malignant / cancer).
 
-Top blocks (``top``): ``resnet`` = two bottleneck blocks [512-512-1024] (1x1, 3x3, 1x1 convs
-with BN; the first block projects the shortcut), ``vgg`` = two VGG blocks of one 3x3 conv each
-(256 then 128 channels) with BN + ReLU and 2x2 max pooling. ``top_channels`` sets the widths.
+Top blocks (``top``, ``top_blocks``), as in the paper's Tables 2-3:
+
+* ``resnet``: each block is ``units`` bottleneck units ``[planes-planes-out]`` (1x1, 3x3, 1x1
+  convs with BN) whose first unit has a stride-``top_stride`` 3x3 conv and a projected shortcut;
+  the default ``((512, 2048, 1), (512, 2048, 1))`` is the paper's best ResNet-50 variant
+  "[512-512-2048]x1, two blocks"; ``((512, 1024, 2),)`` with ``top_stride=1`` is "[512-512-1024]x2";
+* ``vgg``: each block is ``convs`` 3x3 convs of ``channels`` (BN + ReLU) and 2x2 max pooling;
+  the default ``((256, 1), (128, 1))`` is the paper's VGG-16 "256x1, 128x1" variant.
 
 Modes (``mode``), as compared in the paper:
 * ``features``: trunk feature map -> top blocks -> GAP -> linear(2).
@@ -45,7 +50,9 @@ class AllConvConfig:
     trunk: str = "resnet50-patch"  # registry name of the patch classifier
     trunk_overrides: dict[str, Any] = field(default_factory=dict)
     top: str = "resnet"  # resnet | vgg
-    top_channels: tuple[int, ...] = (512, 512, 1024)  # resnet: (reduce, 3x3, out); vgg: (block1, block2)
+    # resnet: (planes, out, units) per block; vgg: (channels, convs) per block
+    top_blocks: tuple[tuple[int, ...], ...] = ((512, 2048, 1), (512, 2048, 1))
+    top_stride: int = 2
     mode: str = "features"
     num_classes: int = 2
     fc_hidden: int = 64
@@ -78,21 +85,30 @@ class AllConvClassifier(nn.Module):
             self.fc = nn.Linear(config.fc_hidden, config.num_classes)
             return
         cin = self.patch.out_channels if config.mode == "features" else n_patch
+        if not config.top_blocks:
+            raise ValueError("top_blocks must name at least one block")
+        blocks: list[nn.Module] = []
         if config.top == "resnet":
-            if len(config.top_channels) != 3:
-                raise ValueError(f"resnet top_channels must be (reduce, 3x3, out), got {config.top_channels}")
-            red, mid, out = config.top_channels
-            if red != mid:
-                raise ValueError(f"bottleneck reduce and 3x3 widths must match, got {config.top_channels}")
-            self.top = nn.Sequential(Bottleneck(cin, mid, 1, out), Bottleneck(out, mid, 1, out))
+            if config.top_stride not in (1, 2):
+                raise ValueError(f"top_stride must be 1 or 2, got {config.top_stride}")
+            for spec in config.top_blocks:
+                if len(spec) != 3 or min(spec) < 1:
+                    raise ValueError(f"resnet top blocks are (planes, out, units) of positive ints, got {spec}")
+                planes, out, units = (int(v) for v in spec)
+                for u in range(units):
+                    blocks.append(Bottleneck(cin, planes, config.top_stride if u == 0 else 1, out))
+                    cin = out
         else:
-            if len(config.top_channels) != 2:
-                raise ValueError(f"vgg top_channels must be (block1, block2), got {config.top_channels}")
-            c1, c2 = config.top_channels
-            self.top = nn.Sequential(ConvUnit(cin, c1, True), nn.MaxPool2d(2, ceil_mode=True),
-                                     ConvUnit(c1, c2, True), nn.MaxPool2d(2, ceil_mode=True))
-            out = c2
-        self.fc = nn.Linear(out, config.num_classes)
+            for spec in config.top_blocks:
+                if len(spec) != 2 or min(spec) < 1:
+                    raise ValueError(f"vgg top blocks are (channels, convs) of positive ints, got {spec}")
+                channels, convs = (int(v) for v in spec)
+                for _ in range(convs):
+                    blocks.append(ConvUnit(cin, channels, True))
+                    cin = channels
+                blocks.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.top = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, config.num_classes)
 
     def example_inputs(self, batch_size: int = 2, height: int = 96, width: int = 64) -> dict:
         """Random forward() arguments."""
@@ -151,13 +167,13 @@ def build_allconv(config: AllConvConfig) -> AllConvClassifier:
     return AllConvClassifier(config)
 
 
-_TINY_RES = {"trunk_overrides": {"layers": (1, 1), "width": 8}, "top_channels": (8, 8, 16)}
-_TINY_VGG = {"trunk_overrides": {"stage_widths": (4, 4, 8, 8, 8)}, "top_channels": (8, 8)}
+_TINY_RES = {"trunk_overrides": {"layers": (1, 1), "width": 8}, "top_blocks": ((8, 16, 1), (8, 16, 1))}
+_TINY_VGG = {"trunk_overrides": {"stage_widths": (4, 4, 8, 8, 8)}, "top_blocks": ((8, 1), (8, 1))}
 register_model("allconv-resnet50", build_allconv, AllConvConfig(),
-               "All-conv whole-image classifier: ResNet-50 trunk + 2 bottleneck top blocks (Shen 2019)",
+               "All-conv whole-image classifier: ResNet-50 trunk + two [512-512-2048]x1 top blocks (Shen 2019)",
                "1152x896", "image", _TINY_RES)
 register_model("allconv-vgg16", build_allconv,
-               AllConvConfig(trunk="vgg16-patch", top="vgg", top_channels=(256, 128)),
+               AllConvConfig(trunk="vgg16-patch", top="vgg", top_blocks=((256, 1), (128, 1))),
                "All-conv whole-image classifier: VGG-16 trunk + VGG top blocks 256, 128 with BN (Shen 2019)",
                "1152x896", "image", _TINY_VGG)
 register_model("allconv-resnet50-heatmap", build_allconv, AllConvConfig(mode="heatmap"),

@@ -301,6 +301,7 @@ def roi_patch_set(
     patch_size: int | None = None,
     min_overlap: float = 0.9,
     max_tries: int = 2000,
+    label_of: Callable[[str, str | None], int | None] | None = None,
 ) -> ROIPatchSet:
     """S1 (``n_per_roi=1``: centred on each ROI) or S10 (``n_per_roi=10``: random, overlap >= ``min_overlap``)
     patch sets with :data:`PATCH_CLASSES_5` labels, plus one background patch per ROI patch from
@@ -309,6 +310,8 @@ def roi_patch_set(
     Each lesion mask is one ROI; overlap = |patch ∩ ROI| / min(|patch|, |ROI|). Lesions whose
     kind is neither mass nor calcification are skipped and listed in ``skipped``. Patches are
     axis-aligned squares of ``patch_size`` (default ``PATCH_SIZE * scale``) kept inside the image.
+    ``label_of(label, kind)`` gives a lesion's class index (default :func:`five_class`; 0 is
+    background), or None to skip the lesion.
     """
     if n_per_roi < 1:
         raise ValueError(f"n_per_roi must be >= 1, got {n_per_roi}")
@@ -330,7 +333,7 @@ def roi_patch_set(
         ii_any = _integral(any_mask)
         n_roi_patches = 0
         for li, (m, label, kind) in enumerate(src.lesions):
-            cls = five_class(label, kind)
+            cls = (label_of or five_class)(label, kind)
             if cls is None:
                 skipped.append(f"{src.key} lesion {li}: kind {kind!r} is not mass or calcification")
                 continue

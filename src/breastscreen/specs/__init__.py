@@ -1,8 +1,9 @@
 """Model specs: what each model family consumes and produces (see :mod:`breastscreen.specs.base`).
 
 Families: ``multiview`` (NYU four-view cancer / BI-RADS models, MV-DCN), ``image``
-(all-convolutional classifier, global saliency network), ``patch`` (sliding-window patch
-classifiers), ``us`` (ultrasound gated-attention MIL). Every checkpoint written by this version
+(all-convolutional classifier, global saliency network), ``roi-patch`` (the all-convolutional
+system's ROI patch classifier), ``patch`` (sliding-window patch classifiers), ``us``
+(ultrasound gated-attention MIL). Every checkpoint written by this version
 carries its spec in the header; :func:`spec_for_checkpoint` migrates older checkpoints from their
 architecture and metadata, or refuses them with a message that says how to convert them.
 """
@@ -20,11 +21,12 @@ from breastscreen.specs.base import (
     spec_families,
     spec_from_dict,
 )
-from breastscreen.specs.mammo import ImageSpec, MultiViewSpec, PatchSpec, derive_seed, patch_geometry, prepare_mammogram
+from breastscreen.specs.mammo import MultiViewSpec, PatchSpec, derive_seed, patch_geometry, prepare_mammogram
+from breastscreen.specs.wholeimage import ImageSpec, RoiPatchSpec
 from breastscreen.specs.us import USSpec, prepare_bag
 
 __all__ = [
-    "ImageSpec", "ModelSpec", "MultiViewSpec", "PatchSpec", "PreparedImage", "SpecError", "USSpec",
+    "ImageSpec", "ModelSpec", "MultiViewSpec", "PatchSpec", "PreparedImage", "RoiPatchSpec", "SpecError", "USSpec",
     "derive_seed", "legacy_spec", "patch_geometry", "prepare_bag", "prepare_mammogram", "register_spec", "spec_families",
     "spec_for_checkpoint", "spec_from_dict",
 ]
@@ -60,8 +62,12 @@ def legacy_spec(model_name: str, config: Any, metadata: dict[str, Any], where: s
                 scale=_scale(metadata),
                 channels=_channels(in_channels, metadata),
             )
-        if task in ("image", "saliency"):
-            return ImageSpec(kind="allconv" if task == "image" else "saliency", scale=_scale(metadata),
+        if task == "image":
+            return ImageSpec(kind="allconv", input="resize", scale=_scale(metadata),
+                             image_size=tuple(getattr(config, "input_size", (1152, 896))),
+                             channels=_channels(in_channels, metadata))
+        if task == "saliency":
+            return ImageSpec(kind="saliency", input="window", scale=_scale(metadata),
                              channels=_channels(in_channels, metadata))
         if task == "ultrasound":
             return USSpec(input_size=int(metadata.get("input_size") or getattr(config, "input_size", 256)),

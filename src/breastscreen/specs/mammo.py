@@ -236,53 +236,6 @@ class MultiViewSpec(_MammoSpec):
 
 
 @register_spec
-class ImageSpec(_MammoSpec):
-    """Per-view whole-image models: the all-convolutional classifier and the global saliency network.
-
-    Input: the NYU window of the view's angle, image standardised over it (+ heatmap channels);
-    TTA copies 1.. are horizontal / vertical flips. A breast's probability is the mean over its
-    images; the all-convolutional classifier has no benign output (its column stays empty).
-    """
-
-    family: Literal["image"] = "image"
-    kind: Literal["allconv", "saliency"] = "allconv"
-
-    value_columns: ClassVar[tuple[str, ...]] = tuple(BREAST_LABELS)
-
-    def base_window(self, prepared: PreparedImage, view: str) -> tuple[int, int, int, int]:
-        """The stored NYU window of the view's angle, else one placed on the breast mask."""
-        return MultiViewSpec(scale=self.scale).base_window(prepared, view)
-
-    def image_inputs(self, prepared: PreparedImage, view: str, maps: np.ndarray | None, *, n: int = 1,
-                     seed: int = 0) -> np.ndarray:
-        """Inputs [n, C, h, w] of one image: copy 0 as is, copies 1.. flipped from ``seed``."""
-        from breastscreen.preprocess import augment
-        from breastscreen.preprocess.mammo import extract_window, standardize
-
-        box = self.base_window(prepared, view)
-        sample: dict[str, Any] = {"image": extract_window(prepared.pixels, box, fill=float(prepared.pixels.min()))}
-        keys: tuple[str, ...] = ()
-        if maps is not None:
-            sample["maps"] = extract_window(np.asarray(maps, np.float32), box, fill=0.0)
-            keys = ("maps",)
-        t = augment.AllConvAugment(image_keys=("image",), map_keys=keys, max_rotation=0.0, max_shear=0.0,
-                                   zoom_range=(1.0, 1.0), max_shift=0.0)
-        out = []
-        for copy in augment.tta_samples(sample, n, seed, t, include_identity=True):
-            planes = [standardize(copy["image"])[None]]
-            if maps is not None:
-                planes.append(np.clip(copy["maps"], 0.0, 1.0))
-            out.append(np.concatenate(planes, axis=0))
-        return np.ascontiguousarray(np.stack(out), dtype=np.float32)
-
-    def image_probs(self, probs: np.ndarray) -> np.ndarray:
-        """(benign, malignant) of one image from the model's averaged probabilities."""
-        if self.kind == "allconv":  # [not cancer, cancer]: no benign output
-            return np.array([np.nan, float(probs[1])])
-        return np.asarray(probs[:2], dtype=np.float64)
-
-
-@register_spec
 class PatchSpec(ModelSpec):
     """Patch classifiers run as a sliding window: patch size and stride at the image scale, classes."""
 

@@ -211,12 +211,14 @@ class TrainTask:
 class Stage:
     """A training stage: ``epochs`` long, at ``lr`` (every parameter group's base lr is scaled by
     ``lr / cfg.lr``), training only the parameters whose name ``trainable(name)`` accepts
-    (None = all). Stages run in order; the last one lasts until the run ends."""
+    (None = all), with ``weight_decay`` when given (else the optimizer's). Stages run in order;
+    the last one lasts until the run ends."""
 
     epochs: int
     lr: float
     trainable: Callable[[str], bool] | None = None
     name: str = ""
+    weight_decay: float | None = None
 
 
 def stage_at(stages: Sequence[Stage], epoch: int) -> tuple[int, Stage] | None:
@@ -238,6 +240,8 @@ def apply_stage(model: nn.Module, optimizer: torch.optim.Optimizer, stage: Stage
         p.requires_grad_(stage.trainable is None or bool(stage.trainable(name)))
     for group, lr0 in zip(optimizer.param_groups, base_lrs):
         group["lr"] = lr0 * stage.lr / base_lr
+        if stage.weight_decay is not None:
+            group["weight_decay"] = stage.weight_decay
 
 
 @dataclass

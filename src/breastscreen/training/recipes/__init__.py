@@ -28,6 +28,7 @@ RECIPE_MODULES: tuple[str, ...] = (
     "breastscreen.training.recipes.birads",
     "breastscreen.training.recipes.breast",
     "breastscreen.training.recipes.us",
+    "breastscreen.training.recipes.wholeimage",
 )
 
 
