@@ -7,6 +7,7 @@ global average pooling -> 256-d. Convolutions are unpadded ("valid") as in the p
 followed by batch norm + ReLU. The four 256-d vectors are concatenated (L-CC, R-CC, L-MLO, R-MLO)
 and one fully connected layer gives the BI-RADS 0/1/2 logits (softmax -> ``probs``).
 Training-only regularisation: Gaussian input noise (std 0.01) and dropout 0.2 after each pooling.
+Weights start Glorot-uniform with zero biases (``init="glorot"``), as in the paper.
 
 Reduced scale: a layer whose input would be smaller than its kernel is skipped, as the paper does
 for lower-resolution inputs. Pooling layers and convolutions that keep the channel count become the
@@ -51,6 +52,7 @@ class MVDCNConfig:
     dropout: float = 0.2
     num_classes: int = len(BIRADS_CLASSES)
     input_size: tuple[int, int] = MVDCN_WINDOW
+    init: str = "glorot"  # glorot (the paper: Glorot-uniform weights, zero biases) | default (PyTorch's)
 
 
 class _ConvUnit(nn.Module):
@@ -131,6 +133,14 @@ class MVDCN(nn.Module):
         d = self.columns["CC"].out_channels
         self.feature_dim = d
         self.classifier = nn.Linear(4 * d, config.num_classes)
+        if config.init not in ("glorot", "default"):
+            raise ValueError(f"init must be 'glorot' or 'default', got {config.init!r}")
+        if config.init == "glorot":
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def example_inputs(self, batch_size: int = 2, height: int = 128, width: int = 96) -> dict:
         """Random forward() arguments of the given size."""

@@ -208,15 +208,20 @@ class MVDCNCropNoise(DictTransform):
     """MV-DCN augmentation (Geras et al. 2017): move the fixed crop window by random noise.
 
     The window keeps its size; its position moves by a uniform integer in ``[-max_noise, max_noise]``
-    in each direction (pass ``round(100 * scale)`` for 100 px at full resolution).
+    in each direction (pass ``round(100 * scale)`` for 100 px at full resolution). With
+    ``one_sided`` the horizontal move is in ``[0, max_noise]`` only: the window is anchored at the
+    chest wall (column 0 of an oriented image), so it never moves past the image edge there.
     """
 
     window: tuple[int, int, int, int] = (0, 0, 1, 1)
     max_noise: int = 100
+    one_sided: bool = False
 
     def draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, Any]:
         j = int(self.max_noise)
         dx, dy = (int(v) for v in rng.integers(-j, j + 1, size=2))
+        if self.one_sided:
+            dx = abs(dx)
         x0, y0, x1, y1 = self.window
         return {"box": (x0 + dx, y0 + dy, x1 + dx, y1 + dy)}
 

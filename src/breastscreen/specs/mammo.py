@@ -112,6 +112,8 @@ class MultiViewSpec(_MammoSpec):
     task: Literal["cancer", "birads"] = "cancer"
     window: Literal["window", "mvdcn_window"] = "window"
     jitter_px: float = Field(JITTER_FULL_RES, ge=0, le=1000)
+    # MV-DCN crop noise: horizontal moves only away from the chest wall (Geras et al. 2017)
+    one_sided_horizontal: bool = True
 
     @property
     def value_columns(self) -> tuple[str, ...]:
@@ -144,7 +146,8 @@ class MultiViewSpec(_MammoSpec):
         jitter = max(0, int(round(self.jitter_px * self.scale)))
         keys = ("maps",) if with_maps else ()
         if self.kind == "mvdcn":
-            return augment.MVDCNCropNoise(image_keys=("image",), map_keys=keys, window=box, max_noise=jitter)
+            return augment.MVDCNCropNoise(image_keys=("image",), map_keys=keys, window=box, max_noise=jitter,
+                                          one_sided=self.one_sided_horizontal)
         return augment.NYUWindowJitter(image_keys=("image",), map_keys=keys, window=box, max_jitter=jitter)
 
     def view_inputs(self, prepared: PreparedImage, view: str, maps: np.ndarray | None, *,
