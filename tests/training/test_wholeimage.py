@@ -86,6 +86,15 @@ def test_whole_image_from_roi_patch_predicts_and_evaluates_per_image(cohort, roi
     assert result.metrics["image"]["malignant"]["auroc"]["value"] == pytest.approx(
         _image_auc(images, cohort), abs=1e-9)
 
+    # transfer: the whole-image model fine-tuned with image labels only (another "dataset" here)
+    tuned = tmp_path / "tuned"
+    train("whole-image", manifest=str(cohort / "val" / "manifest.jsonl"),
+          val_manifest=str(cohort / "train" / "manifest.jsonl"), out=str(tuned),
+          overrides=[f"init_from={run / 'best.safetensors'}", "epochs=1", "lr=1e-5", "device=cpu", "progress=false"])
+    base, new = load_checkpoint(str(run / "best.safetensors")), load_checkpoint(str(tuned / "last.safetensors"))
+    assert new.config == base.config and new.spec.image_size == base.spec.image_size
+    assert new.metadata["init"] == "image"
+
 
 def _image_auc(images, cohort) -> float:
     from sklearn.metrics import roc_auc_score

@@ -194,7 +194,12 @@ def _whole_image_model(cfg: TrainConfig, member: int | None) -> tuple[torch.nn.M
     ck = load_checkpoint(cfg.init_from)
     family = ck.spec.family
     if family == "image":
-        return build_model(cfg, "allconv-resnet50", member), ck.spec, family
+        # Fine-tuning (transfer with image labels only): the checkpoint's own architecture and weights.
+        model = create_model(ck.name, **{**asdict(ck.config), **cfg.model_args})
+        model.load_state_dict(ck.model.state_dict(), strict=True)
+        if member is not None:
+            reinit_fc_layers(model, member_seed(cfg.seed, member))
+        return model, ck.spec, family
     if family != "roi-patch":
         raise BreastscreenError(f"init_from {cfg.init_from}: a {family} model cannot start a whole-image model "
                                 "(give a roi-patch or whole-image checkpoint)")
@@ -226,13 +231,12 @@ def build_whole_image(cfg: TrainConfig, info: DistInfo, member: int | None) -> T
     val_exams = load_exams(cfg.val_manifest)
     scale = check_preprocessed(train_exams, cfg.manifest)
     if start_spec is not None:
+        # The input is the breast resized to image_size, so another dataset's pixel spacing
+        # (scale) is fine: the paper transfers across datasets this way.
         spec = start_spec.model_copy(update={"aggregation": opts.aggregation, "scale": scale})
     else:
         spec = ImageSpec(kind="allconv", input="resize", scale=scale, aggregation=opts.aggregation,
                          image_size=(int(opts.image_size[0]), int(opts.image_size[1])))
-    if start_spec is not None and not np.isclose(start_spec.scale, scale):
-        raise BreastscreenError(f"{cfg.manifest}: images at scale {scale}, {cfg.init_from} was trained at "
-                                f"{start_spec.scale}")
     train_set = WholeImageDataset(train_exams, spec, augment=opts.augment, seed=cfg.seed, cache_mb=cfg.cache_mb,
                                   source=cfg.manifest)
     val_set = WholeImageDataset(val_exams, spec, cache_mb=cfg.cache_mb, source=cfg.val_manifest)
