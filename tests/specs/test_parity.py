@@ -19,31 +19,17 @@ SCALE = 0.0625
 
 @pytest.fixture(scope="module")
 def mammo(tmp_path_factory):
-    from breastscreen.data.heatmaps import heatmap_filename, write_heatmap_file
-    from breastscreen.data.manifest import read_manifest, write_manifest
-    from breastscreen.preprocess.pipeline import preprocess_manifest
-    from breastscreen.synthetic.mammo import generate_mammo_cohort
+    from conftest import make_mammo_cohort
 
-    root = tmp_path_factory.mktemp("parity")
-    exams = generate_mammo_cohort(root / "raw", n_exams=5, seed=9, scale=SCALE, prevalence=0.5, benign_prevalence=0.5)
-    for i, e in enumerate(exams):
-        e.birads = ("0", "1", "2")[i % 3]
-    # Exam 0 gets a second L-CC image and loses its R-MLO: multi-image views and missing views
-    # must be handled the same way in validation and prediction.
-    e0 = exams[0]
-    e0.views["L-CC"] = e0.views["L-CC"] + [exams[1].views["L-CC"][0]]
-    del e0.views["R-MLO"]
-    write_manifest(exams, root / "raw" / "manifest.jsonl")
-    preprocess_manifest(read_manifest(root / "raw" / "manifest.jsonl"), root / "pre", scale=SCALE)
-    manifest = root / "pre" / "manifest.jsonl"
-    rng = np.random.default_rng(0)
-    for e in read_manifest(manifest):
-        for view, imgs in e.views.items():
-            for k, img in enumerate(imgs):
-                h, w = img.preprocessing["output_shape"]
-                write_heatmap_file(root / "maps" / heatmap_filename(e.exam_id, view, k),
-                                   rng.random((2, h, w)).astype(np.float32), {})
-    return {"manifest": str(manifest), "raw": str(root / "raw" / "manifest.jsonl"), "maps": root / "maps"}
+    def edit(exams):
+        # Exam 0 gets a second L-CC image and loses its R-MLO: multi-image views and missing views
+        # must be handled the same way in validation and prediction.
+        e0 = exams[0]
+        e0.views["L-CC"] = e0.views["L-CC"] + [exams[1].views["L-CC"][0]]
+        del e0.views["R-MLO"]
+
+    c = make_mammo_cohort(tmp_path_factory.mktemp("parity"), 5, seed=9, scale=SCALE, edit=edit)
+    return {"manifest": str(c["pre"]), "raw": str(c["raw"]), "maps": c["maps"]}
 
 
 def _validation(kind: str, manifest: str, out, overrides: list[str]):

@@ -18,28 +18,11 @@ SCALE = 0.0625
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from breastscreen.data.manifest import read_manifest, write_manifest
-    from breastscreen.data.heatmaps import heatmap_filename, write_heatmap_file
-    from breastscreen.preprocess.pipeline import preprocess_manifest
-    from breastscreen.synthetic.mammo import generate_mammo_cohort
+    from conftest import make_mammo_cohort
 
     root = tmp_path_factory.mktemp("cohort")
-    exams = generate_mammo_cohort(root / "raw", n_exams=6, seed=5, scale=SCALE, prevalence=0.5, benign_prevalence=0.5)
-    # BI-RADS pretraining needs classes 0/1/2 present: relabel for this test only.
-    for i, e in enumerate(exams):
-        e.birads = ("0", "1", "2")[i % 3]
-    write_manifest(exams, root / "raw" / "manifest.jsonl")
-    preprocess_manifest(read_manifest(root / "raw" / "manifest.jsonl"), root / "pre", scale=SCALE)
-    manifest = root / "pre" / "manifest.jsonl"
-    maps = root / "maps"
-    rng = np.random.default_rng(0)
-    for e in read_manifest(manifest):
-        for view, imgs in e.views.items():
-            for k, img in enumerate(imgs):
-                h, w = img.preprocessing["output_shape"]
-                write_heatmap_file(maps / heatmap_filename(e.exam_id, view, k),
-                                   rng.random((2, h, w)).astype(np.float32), {"exam_id": e.exam_id})
-    return {"manifest": str(manifest), "maps": str(maps), "root": root}
+    c = make_mammo_cohort(root, 6, seed=5, scale=SCALE)
+    return {"manifest": str(c["pre"]), "maps": str(c["maps"]), "root": root}
 
 
 _TINY = {
