@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "breastscreen.training.cli",
     "breastscreen.evaluation.cli",
     "breastscreen.ultrasound.cli",
+    "breastscreen.serve.cli",
     "breastscreen.demo",
 )
 for _name in _COMMAND_MODULES:

@@ -16,7 +16,9 @@ from breastscreen.errors import BreastscreenError
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
-class _Options(BaseModel):
+class ValidatedOptions(BaseModel):
+    """Base of option models: unknown options refused; one message naming option, rule and value."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     def __init__(self, **data: Any) -> None:
@@ -37,7 +39,7 @@ class _Options(BaseModel):
         return value
 
 
-class PredictOptions(_Options):
+class PredictOptions(ValidatedOptions):
     """Options of :func:`breastscreen.inference.predict.predict` (see ``breastscreen predict --help``)."""
 
     tta: int = Field(1, ge=1, le=1000)
@@ -50,9 +52,10 @@ class PredictOptions(_Options):
     pictures: bool = True
     max_pictures: Optional[int] = Field(None, ge=0)
     workers: int = Field(1, ge=1, le=256)
+    allow_outside_paths: bool = False
 
 
-class HeatmapOptions(_Options):
+class HeatmapOptions(ValidatedOptions):
     """Options of :func:`breastscreen.inference.heatmap_runner.run_heatmaps`."""
 
     device: str = "auto"
