@@ -19,7 +19,7 @@ SCALE = 0.0625
 
 @pytest.fixture(scope="module")
 def mammo(tmp_path_factory):
-    from conftest import make_mammo_cohort
+    from mammo_cohorts import make_mammo_cohort
 
     def edit(exams):
         # Exam 0 gets a second L-CC image and loses its R-MLO: multi-image views and missing views

@@ -18,7 +18,7 @@ SCALE = 0.0625
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from conftest import make_mammo_cohort
+    from mammo_cohorts import make_mammo_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     c = make_mammo_cohort(root, 6, seed=5, scale=SCALE)
