@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+# Library code logs unexpected per-item failures (with tracebacks) to the "breastscreen" logger;
+# the command line sends them to the output folder's error log. Applications decide for
+# themselves, so by default nothing is printed (the logging HOWTO's advice for libraries).
+logging.getLogger("breastscreen").addHandler(logging.NullHandler())
+
 
 class BreastscreenError(Exception):
     """Base class for errors caused by user input (files, manifests, options)."""

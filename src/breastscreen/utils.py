@@ -16,11 +16,15 @@ import numpy as np
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A crash inside the block never leaves a half-written ``path`` behind.
+    A crash inside the block never leaves a half-written ``path`` behind; a killed process leaves
+    at most a hidden ``.bstmp-<pid>-*`` file, which the next run in that folder deletes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=str(path.parent))
+    # The pid in the name lets a later run tell leftovers of a killed process from files that a
+    # live one is still writing (breastscreen.outdir.remove_stale_temp_files).
+    fd, tmp = tempfile.mkstemp(prefix=f".bstmp-{os.getpid()}-{path.stem[:80]}.", suffix=path.suffix,
+                               dir=str(path.parent))
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -88,7 +88,8 @@ def _tiny_mias(root: Path, shared: Path) -> None:
             rows.append(line)
             dst = root / "images" / f"{line[:6]}.png"
             if not dst.exists():
-                os.symlink(shared / "images" / f"{line[:6]}.png", dst)
+                # A copy, not a link: adapters refuse links that leave the dataset folder.
+                shutil.copyfile(shared / "images" / f"{line[:6]}.png", dst)
     (root / "Info.txt").write_text("\n".join(rows) + "\n", encoding="latin-1")
 
 

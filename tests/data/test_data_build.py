@@ -68,7 +68,9 @@ def test_view_code_sequence_laterality_and_text_fallbacks(tmp_path: Path) -> Non
     assert [Path(i.path).name for i in exam.views["R-MLO"]] == ["1.dcm"]
     assert [Path(i.path).name for i in exam.views["L-CC"]] == ["2.dcm", "4.dcm"]  # several images per view
     assert [Path(i.path).name for i in exam.views["R-CC"]] == ["3.dcm"]
-    assert exam.views["R-CC"][0].meta["laterality_from"] == "series/protocol description"
+    assert exam.views["R-CC"][0].meta["laterality_from"] == "SeriesDescription"
+    assert exam.views["R-CC"][0].meta["view_from"] == "SeriesDescription"
+    assert exam.views["R-MLO"][0].meta["view_from"] == "ViewCodeSequence"
     assert exam.views["L-MLO"][0].meta["view_position"] == "ML"
 
 

@@ -34,7 +34,7 @@ def test_labels_from_manifest(tmp_path):
 def test_csv_validation_messages(tmp_path):
     p = tmp_path / "p.csv"
     p.write_text("exam_id,left_benign,left_malignant,right_benign,right_malignant\ne1,0.1,0.2,0.3,abc\n")
-    with pytest.raises(EvaluationInputError, match=r"line 2: prediction column 'right_malignant' must be a number"):
+    with pytest.raises(EvaluationInputError, match=r"line 2: prediction column 'right_malignant' must be a finite number"):
         read_predictions(p)
     p.write_text("exam_id,left_benign,left_malignant,right_benign,right_malignant\ne1,0.1,0.2,0.3,0.4\ne1,0,0,0,0\n")
     with pytest.raises(EvaluationInputError, match="line 3: predictions repeats"):

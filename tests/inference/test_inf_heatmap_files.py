@@ -112,7 +112,7 @@ def test_kill_then_resume_is_identical(tmp_path: Path, fail_after: int) -> None:
         _run(exams, tmp_path / "hm", Counting(TinyPatchNet(), fail_after=fail_after))
     partial = _files(tmp_path / "hm")
     assert len(partial) < 12
-    assert not [p for p in (tmp_path / "hm").iterdir() if p.name.startswith(".")]  # no temp files
+    assert not [p for p in (tmp_path / "hm").iterdir() if p.name.startswith(".bstmp-")]  # no temp files
     _run(exams, tmp_path / "hm", TinyPatchNet(), resume=True)
     resumed = _files(tmp_path / "hm")
     assert resumed.keys() == reference.keys()

@@ -51,12 +51,16 @@ def test_preprocess_manifest_writes_outputs_and_reports_bad_exam(tmp_path: Path)
     src.mkdir()
     exams = [_make_exam(src, "ex1"), _make_exam(src, "ex2", blank_view="L-MLO")]
     out = tmp_path / "pre"
-    done, issues = preprocess_manifest(exams, out, scale=0.5)
+    done, all_issues = preprocess_manifest(exams, out, scale=0.5)
     assert [e.exam_id for e in done] == ["ex1"]
+    issues = [i for i in all_issues if i["status"] != "warning"]
     assert len(issues) == 1 and issues[0]["exam_id"] == "ex2" and issues[0]["status"] == "failed"
     assert "no breast" in issues[0]["reason"] and "ex2_L-MLO.png" in issues[0]["reason"]
+    # PNGs carry no pixel spacing: every image preprocessed gets the documented default and a warning
+    warnings = [i for i in all_issues if i["status"] == "warning"]
+    assert len(warnings) == 7 and all("assumed 0.1 mm" in w["reason"] for w in warnings)
     rows = list(csv.DictReader(open(out / "errors.csv")))
-    assert rows[0]["exam_id"] == "ex2"
+    assert [r["exam_id"] for r in rows if r["status"] == "failed"] == ["ex2"]
     back = read_manifest(out / "manifest.jsonl")
     assert len(back) == 1 and back[0].labels["R"].benign == 1
     for view, img in back[0].iter_images():
@@ -69,7 +73,7 @@ def test_preprocess_manifest_writes_outputs_and_reports_bad_exam(tmp_path: Path)
         arr = np.array(Image.open(img.path))
         assert arr.dtype == np.uint16 and list(arr.shape) == rec["output_shape"]
         assert rec["intensity"] == {"mode": "original"}
-        assert img.pixel_spacing == (0.2, 0.2)
+        assert img.pixel_spacing == (0.2, 0.2) and rec["spacing_assumed_mm"] == 0.1
     rcc = back[0].views["R-CC"][0]
     moved = np.array(Image.open(rcc.masks[0].path)) > 0
     assert "mask" in Path(rcc.masks[0].path).name and moved.any()

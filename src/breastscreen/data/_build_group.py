@@ -12,10 +12,49 @@ from breastscreen.data._build_views import _Found
 from breastscreen.data.types import Exam
 
 
-def _group(found: list[_Found], problems: list[tuple[str, str]]) -> list[Exam]:
+GROUP_BY = ("auto", "study", "patient-date")
+
+
+def _patient_date_key(item: _Found) -> str | None:
+    patient, date = item.exam_fields.get("patient_key") or (None, None)
+    if not patient:
+        return None
+    return f"patient-date:{patient}:{date}" if date else f"patient:{patient}"
+
+
+def choose_grouping(found: list[_Found], group_by: str = "auto") -> str:
+    """``study`` or ``patient-date`` for the DICOM images of a scan (see :func:`_group`)."""
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
+    if group_by != "auto":
+        return group_by
+    dicom = [it for it in found if not it.group.startswith("name:")]
+    studies: dict[str, int] = defaultdict(int)
+    for it in dicom:
+        studies[it.group] += 1
+    keys = [_patient_date_key(it) for it in dicom]
+    shared = len(keys) != len(set(keys)) and None not in keys
+    # Every image its own study, and some images share a patient (+ date): an archive that
+    # stores one study per image (CBIS-DDSM); group those images by patient and date instead.
+    if len(dicom) >= 2 and all(n == 1 for n in studies.values()) and shared:
+        return "patient-date"
+    return "study"
+
+
+def _group(found: list[_Found], problems: list[tuple[str, str]], group_by: str = "auto") -> list[Exam]:
+    """Exams from classified images: DICOM by study (or patient + date, see :func:`choose_grouping`),
+    named files by their exam-id prefix."""
+    grouping = choose_grouping(found, group_by)
     groups: dict[str, list[_Found]] = defaultdict(list)
     for item in found:
-        groups[item.group].append(item)
+        key = item.group
+        if grouping == "patient-date" and not key.startswith("name:"):
+            pd_key = _patient_date_key(item)
+            if pd_key is None:
+                problems.append((item.path, "no PatientID to group by (grouping by patient and date)"))
+                continue
+            key = pd_key
+        groups[key].append(item)
 
     # DICOM studies are shown by AccessionNumber when it is unique to the study and not a file-name id.
     accession_users: dict[str, set[str]] = defaultdict(set)
@@ -49,9 +88,17 @@ def _group(found: list[_Found], problems: list[tuple[str, str]]) -> list[Exam]:
                     setattr(exam, field_name, float(value) if field_name == "age" else value)
                     if len(values) > 1:
                         exam.meta[f"{field_name}_conflict"] = values
-            uid = part[0].exam_fields.get("study_instance_uid")
-            if uid and not uid.startswith(("accession:", "patient-date:")):
-                exam.meta["study_instance_uid"] = uid
+            if exam.meta.get("grouped_by") == "patient-date":
+                # PatientID held the view words (..._LEFT_CC): the exam's patient is the common part.
+                exam.patient_id = part[0].exam_fields["patient_key"][0]
+                exam.meta["patient_ids"] = exam.meta.pop("patient_id_conflict", [exam.patient_id])
+            uids = sorted({str(it.exam_fields.get("study_instance_uid")) for it in part
+                           if it.exam_fields.get("study_instance_uid")})
+            if key.startswith(("patient-date:", "patient:")) and grouping == "patient-date":
+                exam.meta["grouped_by"] = "patient-date"
+                exam.meta["study_instance_uids"] = uids
+            elif uids and not uids[0].startswith(("accession:", "patient-date:")):
+                exam.meta["study_instance_uid"] = uids[0]
             if part[0].exam_fields.get("accession"):
                 exam.meta["accession_number"] = part[0].exam_fields["accession"]
             for it in part:
@@ -69,6 +116,6 @@ def _exam_id(key: str, items: list[_Found], accession_users: dict[str, set[str]]
         acc = next(iter(accessions))
         if acc and len(accession_users[acc]) == 1 and acc not in name_ids:
             return f"{acc}-{suffix}" if suffix else acc
-    if base.startswith(("accession:", "patient-date:")):
+    if base.startswith(("accession:", "patient-date:", "patient:")):
         base = base.split(":", 1)[1].replace(":", "-")
     return f"{base}-{suffix}" if suffix else base

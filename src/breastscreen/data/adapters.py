@@ -1,9 +1,12 @@
 """Adapters that turn public breast-imaging datasets, as distributed, into exams.
 
 Each ``adapt_<dataset>(root, ..., problems=None) -> list[Exam]`` reads the dataset's own
-tables and folder layout. Files a table names but the folder lacks are appended to
-``problems`` as ``(path, reason)`` when a list is given, otherwise they raise
-:class:`~breastscreen.errors.ManifestError`. The choices each adapter makes (exam grouping,
+tables and folder layout. Files a table names but the folder lacks, rows with unusable values
+and files that are not regular files inside ``root`` (paths with ``..``, absolute paths,
+symbolic links leaving the folder) are appended to ``problems`` as ``(path or line, reason)``
+when a list is given, otherwise they raise :class:`~breastscreen.errors.ManifestError`; a bad
+row never stops the others. Literal cells (``BBOX``, category lists) are parsed with size and
+depth limits. The choices each adapter makes (exam grouping,
 label rules, side conventions) are documented in its docstring and in ``docs/data.md``.
 
 Ultrasound images whose breast side is unknown go to the view ``U-US``; the label of such a
@@ -13,8 +16,6 @@ bag is the label side ``U``: ``exam.labels["U"]``; use
 
 from __future__ import annotations
 
-import ast
-import csv
 import os
 import re
 from collections import defaultdict
@@ -23,40 +24,19 @@ from typing import Any, Callable
 
 import numpy as np
 
+from breastscreen.data._adapter_io import (
+    MAX_TABLE_BYTES,
+    Problems,
+    clip_box,
+    dataset_file,
+    literal,
+    problem,
+    read_csv,
+    require,
+)
 from breastscreen.data.readers import raster_header
 from breastscreen.data.types import ROI, BreastLabel, Exam, ImageRef, LesionMask, Modality
 from breastscreen.errors import ImageReadError, ManifestError
-
-Problems = list[tuple[str, str]]
-
-
-def _problem(problems: Problems | None, path: str, reason: str) -> None:
-    if problems is None:
-        raise ManifestError(f"{path}: {reason}")
-    problems.append((path, reason))
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise ManifestError(f"{path}: table not found")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _require(rows: list[dict[str, str]], path: Path, cols: list[str]) -> None:
-    have = set(rows[0]) if rows else set()
-    missing = [c for c in cols if c not in have]
-    if rows and missing:
-        raise ManifestError(f"{path}: missing columns {missing}; found {sorted(have)}")
-
-
-def _clip_box(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple[int, int, int, int] | None:
-    bx0, by0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
-    bx1, by1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
-    if bx1 <= bx0 or by1 <= by0:
-        return None
-    return (bx0, by0, bx1, by1)
-
 
 # =========================================================================== mini-MIAS
 
@@ -77,6 +57,10 @@ def parse_mias_info(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: mini-MIAS Info.txt not found")
+    from breastscreen.safety import check_regular_file
+
+    if check_regular_file(path, ManifestError).st_size > MAX_TABLE_BYTES:
+        raise ManifestError(f"{path}: Info.txt above the size limit of {MAX_TABLE_BYTES:,} bytes")
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
         m = _MIAS_ROW.match(line.strip())
@@ -89,7 +73,7 @@ def parse_mias_info(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise ManifestError(f"{path}:{lineno}: abnormality {cls} without severity B/M")
         nums = tokens[1:4]
         x = y = r = None
-        if len(nums) == 3 and all(re.fullmatch(r"\d+(\.\d+)?", t) for t in nums):
+        if len(nums) == 3 and all(re.fullmatch(r"\d{1,6}(\.\d{1,6})?", t) for t in nums):
             x, y, r = (float(t) for t in nums)
         rows.append({"ref": ref, "tissue": tissue, "class": cls, "severity": severity, "x": x, "y": y, "radius": r})
     if not rows:
@@ -137,11 +121,13 @@ def adapt_mini_mias(
         pair = (n + 1) // 2
         exam_id = f"mias{pair:03d}"
         path = img_dir / f"{ref}.png"
-        if not path.is_file():
+        if not path.exists():
             pgm = img_dir / f"{ref}.pgm"
-            path = pgm if pgm.is_file() else path
-        if not path.is_file():
-            _problem(problems, str(path), "image listed in Info.txt not found")
+            path = pgm if pgm.exists() else path
+        if not path.exists():
+            problem(problems, str(path), "image listed in Info.txt not found")
+            continue
+        if dataset_file(root, path, problems, "Info.txt") is None:
             continue
         findings = [r for r in by_ref[ref] if r["class"] != "NORM"]
         image = ImageRef(path=str(path), pixel_spacing=(MIAS_SPACING_MM, MIAS_SPACING_MM),
@@ -154,9 +140,9 @@ def adapt_mini_mias(
                 unlocated.append({"class": f["class"], "severity": f["severity"]})
                 continue
             cx, cy, r = f["x"], MIAS_SIZE - f["y"], f["radius"]
-            box = _clip_box(cx - r, cy - r, cx + r + 1, cy + r + 1, MIAS_SIZE, MIAS_SIZE)
+            box = clip_box(cx - r, cy - r, cx + r + 1, cy + r + 1, MIAS_SIZE, MIAS_SIZE)
             if box is None:
-                _problem(problems, str(path), f"finding {k} lies outside the image")
+                problem(problems, str(path), f"finding {k} lies outside the image")
                 continue
             image.rois.append(ROI(box, label, kind))
             if masks_dir is not None:
@@ -207,19 +193,32 @@ def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None
     """
     root = Path(root).resolve()
     table = root / "bus_data.csv"
-    rows = _read_csv(table)
-    _require(rows, table, ["ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Side", "BBOX"])
+    rows = read_csv(table)
+    require(rows, table, ["ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Side", "BBOX"])
     folds: dict[str, int] = {}
     fold_file = root / "5-fold-cv.csv"
-    if fold_file.is_file():
-        for r in _read_csv(fold_file):
+    if fold_file.exists():
+        for i, r in enumerate(read_csv(fold_file), start=2):
             if r.get("ID") and r.get("kFold"):
-                folds[r["ID"]] = int(float(r["kFold"]))
+                if not re.fullmatch(r"\d{1,3}", r["kFold"]):
+                    problem(problems, f"{fold_file}:{i}", f"kFold must be a fold number, got {r['kFold'][:40]!r}")
+                    continue
+                folds[r["ID"]] = int(r["kFold"])
     by_case: dict[int, list[dict[str, str]]] = defaultdict(list)
     for i, r in enumerate(rows, start=2):
         r["_line"] = f"{table}:{i}"
+        if r.get("_extra"):
+            problem(problems, r["_line"], f"more fields than columns ({r['_extra'][:40]!r}); row skipped")
+            continue
         if r["Pathology"] not in ("benign", "malignant"):
-            raise ManifestError(f"{r['_line']}: Pathology must be benign or malignant, got {r['Pathology']!r}")
+            problem(problems, r["_line"], f"Pathology must be benign or malignant, got {r['Pathology'][:40]!r}")
+            continue
+        if not re.fullmatch(r"\d{1,9}", r["Case"]):
+            problem(problems, r["_line"], f"Case must be a number, got {r['Case'][:40]!r}")
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", r["ID"]):
+            problem(problems, r["_line"], f"ID must be a plain image name, got {r['ID'][:40]!r}")
+            continue
         by_case[int(r["Case"])].append(r)
 
     exams = []
@@ -230,13 +229,23 @@ def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None
         birads = []
         for r in sorted(by_case[case], key=lambda r: r["ID"]):
             path = root / "Images" / f"{r['ID']}.png"
-            if not path.is_file():
-                _problem(problems, str(path), f"image listed in {r['_line']} not found")
+            if not path.exists():
+                problem(problems, str(path), f"image listed in {r['_line']} not found")
+                continue
+            if dataset_file(root, path, problems, r["_line"]) is None:
                 continue
             try:
                 h, w, _ = raster_header(path)
             except ImageReadError as exc:
-                _problem(problems, str(path), str(exc))
+                problem(problems, str(path), str(exc))
+                continue
+            try:
+                bbox = literal(r["BBOX"], r["_line"], "BBOX")
+                x, y, bw, bh = (float(v) for v in bbox)
+                if not all(np.isfinite([x, y, bw, bh])):
+                    raise ValueError("not finite")
+            except (ManifestError, TypeError, ValueError):
+                problem(problems, r["_line"], f"BBOX must look like [x,y,w,h], got {r['BBOX'][:60]!r}")
                 continue
             label = r["Pathology"]
             image = ImageRef(path=str(path), meta={
@@ -245,16 +254,12 @@ def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None
             })
             if r["ID"] in folds:
                 image.meta["fold"] = folds[r["ID"]]
-            mask = root / "Masks" / f"mask_{r['ID'].split('_', 1)[1]}.png"
-            if mask.is_file():
+            mask = root / "Masks" / f"mask_{r['ID'].split('_', 1)[-1]}.png"
+            if mask.exists() and dataset_file(root, mask, problems, r["_line"]) is not None:
                 image.masks.append(LesionMask(str(mask), label, "lesion"))
-            else:
-                _problem(problems, str(mask), f"lesion mask of {r['ID']} not found")
-            try:
-                x, y, bw, bh = (float(v) for v in ast.literal_eval(r["BBOX"]))
-            except (ValueError, SyntaxError, TypeError):
-                raise ManifestError(f"{r['_line']}: BBOX must look like [x,y,w,h], got {r['BBOX']!r}") from None
-            box = _clip_box(x, y, x + bw, y + bh, w, h)
+            elif not mask.exists():
+                problem(problems, str(mask), f"lesion mask of {r['ID']} not found")
+            box = clip_box(x, y, x + bw, y + bh, w, h)
             if box:
                 image.rois.append(ROI(box, label, "lesion"))
             exam.views.setdefault("U-US", []).append(image)
@@ -263,7 +268,8 @@ def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None
         if not exam.views.get("U-US"):
             continue
         if len(paths) > 1:
-            raise ManifestError(f"{table}: case {case} mixes benign and malignant images")
+            problem(problems, str(table), f"case {case} mixes benign and malignant images; case skipped")
+            continue
         label = next(iter(paths))
         exam.labels["U"] = BreastLabel(int(label == "benign"), int(label == "malignant"))
         fold_values = {i.meta.get("fold") for i in exam.views["U-US"]} - {None}
@@ -300,11 +306,13 @@ def adapt_busi(root: str | os.PathLike[str], problems: Problems | None = None) -
         images: dict[int, Path] = {}
         masks: dict[int, list[tuple[int, Path]]] = defaultdict(list)
         for f in sorted(folder.iterdir()):
-            if f.name.startswith(".") or not f.is_file():
+            if f.name.startswith(".") or f.is_dir():
+                continue
+            if dataset_file(root, f, problems, f"{cls}/") is None:
                 continue
             m = _BUSI_NAME.match(f.stem) if f.suffix.lower() == ".png" else None
             if not m or m.group("cls") != cls:
-                _problem(problems, str(f), f"not a BUSI file name for folder {cls}/ (expected '{cls} (N).png')")
+                problem(problems, str(f), f"not a BUSI file name for folder {cls}/ (expected '{cls} (N).png')")
                 continue
             n = int(m.group("n"))
             if m.group("mask"):
@@ -321,7 +329,7 @@ def adapt_busi(root: str | os.PathLike[str], problems: Problems | None = None) -
             exams.append(exam)
         for n in sorted(set(masks) - set(images)):
             for _, p in masks[n]:
-                _problem(problems, str(p), "mask without its image")
+                problem(problems, str(p), "mask without its image")
     if not found_any:
         raise ManifestError(f"{root}: no benign/, malignant/ or normal/ folder (BUSI layout)")
     return exams
@@ -343,18 +351,22 @@ def _norm_cols(row: dict[str, str]) -> dict[str, str]:
 
 def _cbis_resolve(root: Path, rel: str, kind: str, cache: dict[str, list[Path]]) -> Path | None:
     """Find a CBIS-DDSM file named in the tables: as written, under CBIS-DDSM/, or by its top folder."""
+    from breastscreen.safety import is_within
+
     rel = rel.strip().strip('"').replace("\\", "/")
+    if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel) or ".." in rel.split("/"):
+        return None  # a table never names files outside the dataset folder
     for base in (root, root / "CBIS-DDSM"):
         p = base / rel
-        if p.is_file():
+        if p.is_file() and is_within(p, root):
             return p
     top = rel.split("/", 1)[0]
     if top not in cache:
         hits: list[Path] = []
         for base in (root, root / "CBIS-DDSM"):
             d = base / top
-            if d.is_dir():
-                hits = sorted(q for q in d.rglob("*.dcm"))
+            if d.is_dir() and is_within(d, root):
+                hits = sorted(q for q in d.rglob("*.dcm") if q.is_file() and is_within(q, root))
                 break
         cache[top] = hits
     hits = cache[top]
@@ -397,7 +409,7 @@ def adapt_cbis_ddsm(root: str | os.PathLike[str], problems: Problems | None = No
     images: dict[tuple[str, str, str], dict[str, Any]] = {}
     for table in tables:
         split = "train" if "train" in table.name else "test"
-        for lineno, raw in enumerate(_read_csv(table), start=2):
+        for lineno, raw in enumerate(read_csv(table), start=2):
             row = _norm_cols(raw)
             where = f"{table}:{lineno}"
             need = ["patient_id", "left_or_right_breast", "image_view", "abnormality_type", "pathology",
@@ -408,18 +420,20 @@ def adapt_cbis_ddsm(root: str | os.PathLike[str], problems: Problems | None = No
             side = {"LEFT": "L", "RIGHT": "R"}.get(row["left_or_right_breast"].upper())
             view = row["image_view"].upper()
             if side is None or view not in ("CC", "MLO"):
-                _problem(problems, where, f"unknown side/view {row['left_or_right_breast']}/{row['image_view']}")
+                problem(problems, where, f"unknown side/view {row['left_or_right_breast']}/{row['image_view']}")
                 continue
             pathology = row["pathology"].upper()
             if pathology not in ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK"):
-                raise ManifestError(f"{where}: pathology must be MALIGNANT, BENIGN or BENIGN_WITHOUT_CALLBACK, "
-                                    f"got {row['pathology']!r}")
+                problem(problems, where, f"pathology must be MALIGNANT, BENIGN or BENIGN_WITHOUT_CALLBACK, "
+                                          f"got {row['pathology'][:40]!r}")
+                continue
             key = (row["patient_id"], side, view)
             entry = images.get(key)
             if entry is None:
                 path = _cbis_resolve(root, row["image_file_path"], "image", cache)
                 if path is None:
-                    _problem(problems, str(root / row["image_file_path"]), f"image named in {where} not found")
+                    problem(problems, row["image_file_path"][:200],
+                             f"image named in {where} not found inside the dataset folder")
                     continue
                 entry = images[key] = {"path": path, "abn": [], "splits": set(), "density": None}
             entry["splits"].add(split)
@@ -434,7 +448,7 @@ def adapt_cbis_ddsm(root: str | os.PathLike[str], problems: Problems | None = No
             if mask_rel:
                 mpath = _cbis_resolve(root, mask_rel, "mask", cache)
                 if mpath is None:
-                    _problem(problems, str(root / mask_rel), f"ROI mask named in {where} not found")
+                    problem(problems, mask_rel[:200], f"ROI mask named in {where} not found inside the dataset folder")
                 else:
                     abn["mask"] = (str(mpath), label, kind)
             entry["abn"].append(abn)
@@ -497,17 +511,21 @@ def adapt_vindr(root: str | os.PathLike[str], problems: Problems | None = None) 
     """
     root = Path(root).resolve()
     table = root / "breast-level_annotations.csv"
-    rows = _read_csv(table)
-    _require(rows, table, ["study_id", "image_id", "laterality", "view_position", "breast_birads", "breast_density"])
+    rows = read_csv(table)
+    require(rows, table, ["study_id", "image_id", "laterality", "view_position", "breast_birads", "breast_density"])
     findings: dict[str, list[dict[str, Any]]] = defaultdict(list)
     ftable = root / "finding_annotations.csv"
     if ftable.is_file():
-        for lineno, r in enumerate(_read_csv(ftable), start=2):
+        for lineno, r in enumerate(read_csv(ftable), start=2):
             cats = r.get("finding_categories", "")
             try:
-                cat_list = [str(c) for c in ast.literal_eval(cats)] if cats.startswith("[") else [cats]
-            except (ValueError, SyntaxError):
-                raise ManifestError(f"{ftable}:{lineno}: finding_categories must be a list, got {cats!r}") from None
+                parsed = literal(cats, f"{ftable}:{lineno}", "finding_categories") if cats.startswith("[") else [cats]
+                if not isinstance(parsed, (list, tuple)):
+                    raise ManifestError(f"{ftable}:{lineno}: finding_categories must be a list, got {cats[:60]!r}")
+                cat_list = [str(c) for c in parsed]
+            except ManifestError as exc:
+                problem(problems, f"{ftable}:{lineno}", str(exc).split(": ", 1)[-1])
+                continue
             if cat_list == ["No Finding"]:
                 continue
             f: dict[str, Any] = {"categories": cat_list}
@@ -518,8 +536,9 @@ def adapt_vindr(root: str | os.PathLike[str], problems: Problems | None = None) 
             if all(c and c.lower() != "nan" for c in coords):  # global findings have no box
                 try:
                     f["box"] = [int(round(float(c))) for c in coords]
-                except ValueError:
-                    raise ManifestError(f"{ftable}:{lineno}: box coordinates must be numbers, got {coords}") from None
+                except (ValueError, OverflowError):
+                    problem(problems, f"{ftable}:{lineno}", f"box coordinates must be finite numbers, got {coords}")
+                    continue
             findings[r["image_id"]].append(f)
 
     exams: dict[str, Exam] = {}
@@ -528,11 +547,18 @@ def adapt_vindr(root: str | os.PathLike[str], problems: Problems | None = None) 
         side = r["laterality"].upper()
         view = r["view_position"].upper()
         if side not in ("L", "R") or view not in ("CC", "MLO"):
-            _problem(problems, where, f"unsupported laterality/view {r['laterality']}/{r['view_position']}")
+            problem(problems, where, f"unsupported laterality/view {r['laterality']}/{r['view_position']}")
+            continue
+        if not all(re.fullmatch(r"[A-Za-z0-9._\-]{1,128}", r[k]) and r[k] not in (".", "..")
+                   for k in ("study_id", "image_id")):
+            problem(problems, where, "study_id and image_id must be plain names (no folders), got "
+                                      f"{r['study_id'][:40]!r}/{r['image_id'][:40]!r}")
             continue
         path = root / "images" / r["study_id"] / f"{r['image_id']}.dicom"
-        if not path.is_file():
-            _problem(problems, str(path), f"image named in {where} not found")
+        if not path.exists():
+            problem(problems, str(path), f"image named in {where} not found")
+            continue
+        if dataset_file(root, path, problems, where) is None:
             continue
         exam = exams.setdefault(r["study_id"], Exam(exam_id=r["study_id"], modality=Modality.MG,
                                                     meta={"dataset": "VinDr-Mammo", "breast_birads": {}}))

@@ -15,6 +15,7 @@ from breastscreen.data.bags import breast_bags
 from breastscreen.data.manifest import read_manifest, write_manifest
 from breastscreen.data.types import ALL_VIEWS, MG_VIEWS, Exam, Modality
 from breastscreen.errors import ManifestError
+from breastscreen.labels import REF_SPACING_MM
 
 manifest_app = typer.Typer(
     help="Exam manifests (JSON Lines): build one from a folder, check one, import datasets.",
@@ -55,15 +56,25 @@ def build_cmd(
     include_for_processing: bool = typer.Option(
         False, "--include-for-processing", help="Keep raw FOR PROCESSING mammograms (skipped and reported by default)."
     ),
+    group_by: str = typer.Option(
+        "auto", "--group-by", help="DICOM exams: 'study' (StudyInstanceUID), 'patient-date' (PatientID without "
+        "view words + StudyDate) or 'auto' (patient-date when every image is its own study, as in CBIS-DDSM)."
+    ),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Let --mapping name files outside FOLDER."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing manifest / report."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not list each problem file on stderr."),
 ) -> None:
     """Group the images under FOLDER into exams and write a manifest.
 
-    DICOM files are grouped by StudyInstanceUID with laterality and view from their headers;
-    PNG files need names like 0_L-CC.png / 0_L_CC.png (or a --mapping CSV). Every file that
-    cannot be used is listed with its reason in the problem report and on stderr. Exits with
-    status 1 only when no usable image was found.
+    DICOM files are grouped by StudyInstanceUID (or by patient and date, see --group-by) with
+    laterality and view from their headers (ViewCodeSequence, ViewPosition, ImageLaterality,
+    Laterality, PatientOrientation, descriptions, ProtocolName), else from words such as LEFT_CC,
+    R-MLO or RCC in PatientID or the file name; PNG files need names like 0_L-CC.png,
+    0_L_CC.png or 0_LEFT_CC.png (or a --mapping CSV). Every file that cannot be used (including
+    FIFOs, devices and links leaving FOLDER) is listed with its reason in the problem report and
+    on stderr. Exits with status 1 only when no usable image was found.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -83,7 +94,7 @@ def build_cmd(
 
         result = build_manifest(
             folder, mapping_csv=mapping, labels_csv=labels, include_for_processing=include_for_processing,
-            ignore=[out, report], progress=_tick,
+            ignore=[out, report], progress=_tick, group_by=group_by, allow_outside_paths=allow_outside_paths,
         )
     root = folder.resolve()
     write_problems_csv([(_display(p, root), r) for p, r in result.problems], report)
@@ -92,15 +103,19 @@ def build_cmd(
             _err.print(f"[yellow]skipped[/yellow] {_display(path, root)}: {reason}", highlight=False, markup=True)
     mods = Counter(e.modality.value for e in result.exams)
     incomplete = sum(1 for e in result.exams if e.missing_views())
+    no_spacing = sum(1 for e in result.exams for _, img in e.iter_images() if img.pixel_spacing is None)
     summary = (
         f"{result.n_files} files: {len(result.exams)} exams "
         f"({', '.join(f'{n} {m}' for m, n in sorted(mods.items())) or 'none'}), {result.n_images} images; "
         f"{incomplete} mammography exams with missing views; {len(result.problems)} problems (report: {report})"
     )
+    if no_spacing:
+        summary += (f"; {no_spacing} images without a usable pixel spacing (preprocess assumes "
+                    f"{REF_SPACING_MM} mm and lists them as warnings)")
     if not result.exams:
         _err.print(f"[red]no usable image found[/red] in {folder}. {summary}", highlight=False)
         raise typer.Exit(1)
-    write_manifest(result.exams, out, overwrite=True)
+    write_manifest(result.exams, out, overwrite=True, roots=[folder])
     _out.print(f"wrote {out}: {summary}", highlight=False)
 
 
@@ -138,13 +153,17 @@ def check_cmd(
     manifest: Path = typer.Argument(..., help="Manifest (JSON Lines) to validate."),
     files: bool = typer.Option(True, "--files/--no-files", help="Also check that every image and mask file exists."),
     show: int = typer.Option(10, help="How many exams with missing views to list."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept files outside the manifest's folder (and its roots file)."
+    ),
 ) -> None:
     """Validate a manifest against the schema and print a summary (exams, views, labels).
 
-    Exits with status 2 and a message naming the line and field when the manifest is invalid,
-    and status 1 when referenced files are missing.
+    Exits with status 2 and a message naming the line and field when the manifest is invalid
+    (including a path that leaves the manifest's folder), and status 1 when referenced files
+    are missing.
     """
-    exams = read_manifest(manifest)
+    exams = read_manifest(manifest, allow_outside_paths=allow_outside_paths)
     s = summarize(exams)
     mods = ", ".join(f"{n} {m}" for m, n in sorted(s["modalities"].items())) or "none"
     _out.print(f"[bold]{manifest}[/bold]: {s['exams']} exams ({mods})", highlight=False)
@@ -204,7 +223,7 @@ def import_nyu_cmd(
 
     _refuse_existing(out, overwrite)
     exams = import_nyu_exam_list(pkl, images, suffix=suffix)
-    write_manifest(exams, out, overwrite=True)
+    write_manifest(exams, out, overwrite=True, roots=[images])
     _out.print(f"wrote {out}: {len(exams)} exams from {pkl}", highlight=False)
 
 
@@ -248,7 +267,7 @@ def adapt_cmd(
     if not exams:
         _err.print(f"[red]no exam found[/red] in {root} for {dataset}", highlight=False)
         raise typer.Exit(1)
-    write_manifest(exams, out, overwrite=True)
+    write_manifest(exams, out, overwrite=True, roots=[root])
     n_images = sum(1 for e in exams for _ in e.iter_images())
     extra = f"; {len(problems)} problems (report: {report})" if problems else ""
     _out.print(f"wrote {out}: {len(exams)} exams, {n_images} images from {dataset}{extra}", highlight=False)

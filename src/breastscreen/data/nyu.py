@@ -106,23 +106,65 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise ManifestError("exam-list pickle refused: persistent references are not allowed")
 
 
+# Budgets of an exam-list pickle: file size, pickle opcodes, and values visited while converting
+# (shared references in a pickle can make a small file stand for 2**40 list items).
+MAX_PICKLE_BYTES = 64 * 1024 * 1024
+MAX_PICKLE_OPS = 5_000_000
+MAX_VALUES = 2_000_000
+MAX_DEPTH = 32
+
+
+class _Budget:
+    """Counts values visited (shared objects count every time they are reached)."""
+
+    def __init__(self, limit: int = MAX_VALUES) -> None:
+        self.left = limit
+
+    def spend(self, where: str, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ManifestError(f"{where}: the exam list expands to more than {MAX_VALUES:,} values (shared "
+                                "references or a huge list); refused")
+
+
 def safe_load_pickle(data: bytes) -> Any:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler`; raise :class:`ManifestError` on anything else."""
+    """Unpickle ``data`` with :class:`RestrictedUnpickler`; raise :class:`ManifestError` on anything else.
+
+    The file size and its number of pickle opcodes are limited before anything is built.
+    """
+    import pickletools
+
+    if len(data) > MAX_PICKLE_BYTES:
+        raise ManifestError(f"exam-list pickle of {len(data):,} bytes, above the limit of {MAX_PICKLE_BYTES:,}")
+    try:
+        for n, _ in enumerate(pickletools.genops(data)):
+            if n >= MAX_PICKLE_OPS:
+                raise ManifestError(f"exam-list pickle has more than {MAX_PICKLE_OPS:,} operations; refused")
+    except ManifestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pickletools raises ValueError/other types for damaged streams
+        raise ManifestError(f"not a valid exam-list pickle ({type(exc).__name__}: {exc})") from None
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="latin-1").load()
     except ManifestError:
         raise
+    except (RecursionError, MemoryError):
+        raise ManifestError("exam-list pickle nests too deeply or is too large to load") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, struct.error, UnicodeDecodeError) as exc:
+            KeyError, struct.error, UnicodeDecodeError, OverflowError) as exc:
         raise ManifestError(f"not a valid exam-list pickle ({type(exc).__name__}: {exc})") from None
 
 
-def _plain(value: Any, where: str) -> Any:
-    """Convert tuples to lists and check that only JSON-friendly values remain."""
+def _plain(value: Any, where: str, budget: _Budget | None = None, depth: int = 0) -> Any:
+    """Convert tuples to lists and check that only JSON-friendly values remain (within a budget)."""
+    budget = budget or _Budget()
+    budget.spend(where)
+    if depth > MAX_DEPTH:
+        raise ManifestError(f"{where}: values nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where) for v in value]
+        return [_plain(v, where, budget, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v, where) for k, v in value.items()}
+        return {str(k): _plain(v, where, budget, depth + 1) for k, v in value.items()}
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, bytes):
@@ -151,12 +193,17 @@ def import_nyu_exam_list(
     ``horizontal_flip``, ``best_center`` and any other keys go to ``exam.meta``; ``cancer_label``
     gives the per-breast labels. With ``check_files`` a missing image is an error.
     """
+    from breastscreen.safety import check_regular_file, is_within
+
     pkl_path = Path(pkl_path)
     image_dir = Path(image_dir)
-    if not pkl_path.is_file():
+    if not pkl_path.exists():
         raise ManifestError(f"{pkl_path}: file not found")
+    check_regular_file(pkl_path, ManifestError)
     if check_files and not image_dir.is_dir():
         raise ManifestError(f"{image_dir}: image folder not found")
+    if pkl_path.stat().st_size > MAX_PICKLE_BYTES:
+        raise ManifestError(f"{pkl_path}: exam-list pickle above the size limit of {MAX_PICKLE_BYTES:,} bytes")
     try:
         data = safe_load_pickle(pkl_path.read_bytes())
     except ManifestError as exc:
@@ -164,9 +211,12 @@ def import_nyu_exam_list(
     if not isinstance(data, list):
         raise ManifestError(f"{pkl_path}: expected a list of exam dicts, got {type(data).__name__}")
 
+    budget = _Budget()
+    root = image_dir.resolve()
     entries: list[tuple[dict[str, Any], dict[str, list[str]]]] = []
     for i, entry in enumerate(data):
         where = f"{pkl_path} entry {i}"
+        budget.spend(where)
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: expected a dict, got {type(entry).__name__}")
         views: dict[str, list[str]] = {}
@@ -174,8 +224,14 @@ def import_nyu_exam_list(
             names = entry.get(view, [])
             if isinstance(names, str):
                 names = [names]
-            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
-                raise ManifestError(f"{where}: {view} must be a list of image names, got {names!r}")
+            if not isinstance(names, (list, tuple)):
+                raise ManifestError(f"{where}: {view} must be a list of image names, got {str(names)[:60]!r}")
+            budget.spend(where, len(names))
+            if not all(isinstance(n, str) and n for n in names):
+                raise ManifestError(f"{where}: {view} must be a list of image names, got {str(names)[:60]!r}")
+            for n in names:
+                if "\0" in n or not is_within(root / n, root):
+                    raise ManifestError(f"{where}: image name {n[:80]!r} leaves the image folder {root} (refused)")
             views[view] = list(names)
         if not any(views.values()):
             raise ManifestError(f"{where}: no image under any of {', '.join(MG_VIEWS)}")
@@ -197,7 +253,9 @@ def import_nyu_exam_list(
         for view, names in views.items():
             for name in names:
                 fname = name if Path(name).suffix.lower() in (".png", ".dcm", ".tif", ".tiff") else name + suffix
-                path = (image_dir / fname).resolve()
+                path = (root / fname).resolve()
+                if not is_within(path, root):
+                    raise ManifestError(f"{where}: image {fname[:80]!r} leaves the image folder {root} (refused)")
                 if check_files and not path.is_file():
                     missing.append(str(path))
                 exam.views[view].append(ImageRef(path=str(path), meta={"nyu_name": name}))
@@ -217,10 +275,10 @@ def import_nyu_exam_list(
                 ),
             }
         if "best_center" in entry:
-            exam.meta["best_center"] = _plain(entry["best_center"], where)
+            exam.meta["best_center"] = _plain(entry["best_center"], where, budget)
         extra = {k: v for k, v in entry.items() if k not in (*MG_VIEWS, "horizontal_flip", "cancer_label", "best_center")}
         if extra:
-            exam.meta["nyu"] = _plain(extra, where)
+            exam.meta["nyu"] = _plain(extra, where, budget)
         exams.append(exam)
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""

@@ -67,6 +67,9 @@ def evaluate_cmd(
     from breastscreen.evaluation.readers import read_readers
     from breastscreen.evaluation.report import write_outputs
 
+    from breastscreen.outdir import check_output_owner
+
+    check_output_owner(out, "evaluate")
     if (out / "metrics.json").exists() and not overwrite:
         raise EvaluationInputError(f"{out / 'metrics.json'} exists; pass --overwrite to replace it")
     cfg = EvalConfig(level=level, population=population, n_bootstrap=bootstrap, seed=seed,

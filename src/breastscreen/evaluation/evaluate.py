@@ -21,7 +21,13 @@ import numpy as np
 import pandas as pd
 
 from breastscreen.evaluation.engine import BootstrapEngine, assemble, finite_or_none, jsonable
-from breastscreen.evaluation.io import BIRADS_COLUMNS, EvaluationInputError, validate_labels, validate_predictions
+from breastscreen.evaluation.io import (
+    BIRADS_COLUMNS,
+    EvaluationInputError,
+    validate_labels,
+    validate_predictions,
+    validate_val_predictions,
+)
 from breastscreen.evaluation.jobs import auc_pair_job, binary_job, case_counts, delong_entry, thresholds_info
 from breastscreen.evaluation.metrics import pr_curve_points, roc_curve_points
 from breastscreen.evaluation.operating import DEFAULT_FNRS
@@ -108,6 +114,10 @@ def evaluate(
         predictions = validate_predictions(predictions)
     if not labels.attrs.get("validated"):
         labels = validate_labels(labels)
+    if val_predictions is not None:
+        if val_predictions.attrs.get("kind") not in ("exam", "image"):
+            val_predictions = validate_predictions(val_predictions)
+        validate_val_predictions(val_predictions, predictions)
     pred_ids = pd.Index(predictions["exam_id"].unique())
     lab_ids = pd.Index(labels["exam_id"])
     unknown = pred_ids.difference(lab_ids)

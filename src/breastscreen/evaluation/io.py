@@ -44,6 +44,7 @@ __all__ = [
     "read_labels",
     "labels_from_exams",
     "validate_labels",
+    "validate_val_predictions",
 ]
 
 BRANCHES: tuple[str, ...] = ("cc", "mlo")
@@ -52,6 +53,7 @@ IMAGE_LEVEL_COLUMNS: tuple[str, ...] = ("exam_id", "view", "benign", "malignant"
 # Unknown-laterality (U-US) bag: optional prediction and label columns, evaluated as breast "U".
 UNKNOWN_COLUMNS: tuple[str, ...] = ("unknown_benign", "unknown_malignant")
 _IMAGE_META_KEYS: tuple[str, ...] = ("device", "manufacturer", "vendor", "model")
+MAX_TABLE_BYTES = 1024 * 1024 * 1024
 
 
 class EvaluationInputError(BreastscreenError):
@@ -70,12 +72,25 @@ def branch_columns(columns: list[str] | pd.Index) -> dict[str, list[str]]:
 
 def read_table(path: str | os.PathLike[str], what: str) -> pd.DataFrame:
     """Read a CSV with every column as text (ids keep leading zeros); clear error when missing/empty."""
+    import io
+
+    from breastscreen.safety import check_regular_file, decode_text
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EvaluationInputError(f"{what} file not found: {path}")
+    st = check_regular_file(path, EvaluationInputError)
+    if st.st_size > MAX_TABLE_BYTES:
+        raise EvaluationInputError(f"{path}: {what} CSV of {st.st_size:,} bytes, above the limit of {MAX_TABLE_BYTES:,}")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        text = decode_text(path.read_bytes(), f"{path}: {what} CSV")
+    except ValueError as exc:
+        raise EvaluationInputError(str(exc)) from None
+    if "\0" in text:
+        raise EvaluationInputError(f"{path}: {what} CSV holds NUL bytes (a binary file?)")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise EvaluationInputError(f"{path}: cannot read {what} CSV ({exc})") from None
     df.columns = [str(c).strip() for c in df.columns]
     df.attrs["source"] = str(path)
@@ -96,15 +111,25 @@ def _require(df: pd.DataFrame, cols: tuple[str, ...] | list[str], what: str) -> 
 
 
 def _numeric(df: pd.DataFrame, col: str, lo: float | None, hi: float | None, what: str) -> np.ndarray:
-    """Parse a column as floats (empty = NaN) with the file line of the first bad value in the error."""
-    raw = df[col].astype(object).where(df[col].notna(), "").astype(str).str.strip() if df[col].dtype == object or \
-        pd.api.types.is_string_dtype(df[col]) else df[col]
-    vals = pd.to_numeric(raw.replace({"": np.nan, "nan": np.nan, "NaN": np.nan, "NA": np.nan}), errors="coerce")
-    bad = vals.isna() & ~raw.isin(["", "nan", "NaN", "NA"]) if raw.dtype == object or pd.api.types.is_string_dtype(raw) \
-        else pd.Series(False, index=df.index)
+    """Parse a column as floats (an empty cell = missing) with the file line of the first bad value.
+
+    Text such as ``NaN``, ``NA`` or ``inf`` is an error, never "missing": a model that wrote NaN
+    failed, and silently dropping its rows would change every metric.
+    """
+    text = df[col].dtype == object or pd.api.types.is_string_dtype(df[col])
+    raw = df[col].astype(object).where(df[col].notna(), "").astype(str).str.strip() if text else df[col]
+    vals = pd.to_numeric(raw.replace({"": np.nan}), errors="coerce") if text else pd.to_numeric(raw, errors="coerce")
+    if text:
+        lowered = raw.str.lower()
+        bad = (vals.isna() & (raw != "")) | lowered.isin(["nan", "+nan", "-nan"])
+    else:
+        bad = pd.Series(False, index=df.index)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise EvaluationInputError(f"{_where(df)} line {i + 2}: {what} column {col!r} must be a number, got {df[col].iloc[i]!r}")
+        raise EvaluationInputError(
+            f"{_where(df)} line {i + 2}: {what} column {col!r} must be a finite number or empty, got {df[col].iloc[i]!r}"
+            " (leave the cell empty for a value that is missing)"
+        )
     arr = vals.to_numpy(dtype=float)
     outside = np.zeros(arr.shape, bool)
     if lo is not None:
@@ -239,10 +264,39 @@ def validate_labels(df: pd.DataFrame) -> pd.DataFrame:
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise EvaluationInputError(f"{_where(df)} line {i + 2}: density must be A-D (or 1-4), got {df['density'].iloc[i]!r}")
         df["density"] = d.replace({"": np.nan})
+    if "birads" in df.columns:
+        from breastscreen.data.types import BIRADS_VALUES
+
+        b = df["birads"].astype(object).where(df["birads"].notna(), "").astype(str).str.strip().str.upper()
+        b = b.str.replace(r"^BI-?RADS\s*", "", regex=True).str.replace(r"\.0$", "", regex=True)
+        b = b.replace({"NAN": "", "NONE": ""})
+        bad = ~b.isin(["", *BIRADS_VALUES])
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise EvaluationInputError(f"{_where(df)} line {i + 2}: birads must be one of {', '.join(BIRADS_VALUES)} "
+                                       f"or empty, got {df['birads'].iloc[i]!r}")
+        df["birads"] = b.replace({"": np.nan})
     if "patient_id" in df.columns:
         df["patient_id"] = df["patient_id"].astype(str).str.strip().replace({"": np.nan, "nan": np.nan, "None": np.nan})
     df.attrs["validated"] = True
     return df
+
+
+def validate_val_predictions(val: pd.DataFrame, predictions: pd.DataFrame) -> None:
+    """``--val-predictions`` only serve the BI-RADS entropy cut-off: both tables need complete
+    ``birads_0..2`` rows; anything else is refused rather than ignored."""
+    where = _where(val)
+    if not all(c in predictions.columns for c in BIRADS_COLUMNS):
+        raise EvaluationInputError(f"{where}: --val-predictions is used only with BI-RADS predictions "
+                                   f"({', '.join(BIRADS_COLUMNS)}), which {_where(predictions)} does not have")
+    missing = [c for c in BIRADS_COLUMNS if c not in val.columns]
+    if missing:
+        raise EvaluationInputError(f"{where}: validation predictions need {', '.join(BIRADS_COLUMNS)}; "
+                                   f"missing {', '.join(missing)}")
+    complete = np.isfinite(val[list(BIRADS_COLUMNS)].to_numpy(dtype=float)).all(axis=1)
+    if not complete.any():
+        raise EvaluationInputError(f"{where}: no row of the validation predictions has all of "
+                                   f"{', '.join(BIRADS_COLUMNS)}")
 
 
 def labels_from_exams(exams: list[Any]) -> pd.DataFrame:
@@ -283,7 +337,7 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         from breastscreen.data.manifest import read_manifest
 
-        df = labels_from_exams(read_manifest(path))
+        df = labels_from_exams(read_manifest(path, allow_outside_paths=True))  # labels only; no file is opened
         df = df.astype({c: object for c in df.columns if c not in BREAST_LABELS + UNKNOWN_COLUMNS and c != "age"})
         df.attrs["source"] = str(path)
         for c in ("patient_id", "density", "birads"):

@@ -306,7 +306,7 @@ def read_exams_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         from breastscreen.data.manifest import read_manifest
 
         rows = [{"exam_id": e.exam_id, "patient_id": e.patient_id, "study_date": e.study_date, "birads": e.birads,
-                 "age": e.age, "density": e.density} for e in read_manifest(path)]
+                 "age": e.age, "density": e.density} for e in read_manifest(path, allow_outside_paths=True)]
         df = pd.DataFrame(rows)
         df.attrs["source"] = str(path)
     else:

@@ -3,7 +3,8 @@
 Readers CSV: ``reader_id, exam_id, side, score`` (one row per reader and breast; ``side`` is
 L/R or left/right, any case).  Each reader's scale is detected from all of their scores:
 
-* ``birads``: any score is one of 4A/4B/4C, or every score is an integer in 1..5.  Mapped to
+* ``birads``: any score is one of 4A/4B/4C, or every score is a whole number up to 10 (not only
+  0/1; values other than 1-5 are then refused as invalid BI-RADS rather than read as percent).  Mapped to
   a 6-point suspicion scale with 1 and 2 merged: 1, 2 -> 1; 3 -> 2; 4A -> 3; 4 and 4B -> 4;
   4C -> 5; 5 -> 6.  The operating point calls BI-RADS >= 4 (suspicion >= 3) positive.
   BI-RADS 0 (incomplete) and 6 (known cancer) are rejected: they are not suspicion levels.
@@ -57,6 +58,12 @@ def detect_scale(values: list[str]) -> str:
     if nums.isna().any():
         bad = values[int(np.flatnonzero(nums.isna().to_numpy())[0])]
         raise EvaluationInputError(f"reader score must be a probability, a percentage or BI-RADS 1-5/4A-4C, got {bad!r}")
+    arr = nums.to_numpy(dtype=float)
+    # Whole numbers up to 10 that are not just 0/1 are BI-RADS with a typo (0, 6, 7 ...), not a
+    # percentage: calling them BI-RADS lets the conversion name the bad value instead of reading
+    # "7" as 7 %. A percentage reader scoring only 0-10 % can be forced with --reader-scale.
+    if np.isfinite(arr).all() and (arr == np.round(arr)).all() and arr.max() <= 10 and not set(arr) <= {0.0, 1.0}:
+        return "birads"
     return "percent" if nums.max() > 1.0 else "probability"
 
 

@@ -192,12 +192,16 @@ def _img(path: Path, width: int | None = None) -> str:
 
 
 def write_outputs(result: EvaluationResult, out_dir: str | os.PathLike[str], overwrite: bool = False) -> dict[str, Path]:
-    """Write ``metrics.json``, the PNGs and ``report.html`` into ``out_dir``."""
+    """Write ``metrics.json``, the PNGs and ``report.html`` into ``out_dir`` (marked as an ``evaluate``
+    folder; another command's folder is refused)."""
+    from breastscreen.outdir import check_output_owner, claim_output_dir
+
     out = Path(out_dir)
+    check_output_owner(out, "evaluate")
     target = out / "metrics.json"
     if target.exists() and not overwrite:
         raise EvaluationInputError(f"{target} exists; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, "evaluate")
     images = make_plots(result, out)
     # Written last, so an existing metrics.json means a complete run; temp files are 0600, outputs are shared.
     with atomic_path(out / "report.html") as tmp:

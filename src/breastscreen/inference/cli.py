@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from breastscreen.errors import BreastscreenError
+
 
 def heatmaps_command(
     manifest: Path = typer.Argument(..., help="Exam manifest (raw or preprocessed, JSON Lines)."),
@@ -23,6 +25,9 @@ def heatmaps_command(
         False, "--skip-background", help="Do not evaluate patches without breast tissue (faster; background pixels differ)."
     ),
     images_per_chunk: int = typer.Option(4, "--images-per-chunk", help="Images whose patches are batched together."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
+    ),
 ) -> None:
     """Make benign and malignant patch heatmaps for every mammogram (Wu et al. 2019).
 
@@ -32,8 +37,9 @@ def heatmaps_command(
     preprocessed at the model's scale into OUT/preprocessed (reused on later runs while the
     source files are unchanged). Files are written atomically, so an interrupted run can be
     continued with --resume. An OUT that already holds heatmaps is refused unless --resume or
-    --overwrite is given. Exit status 1 when some images failed (listed in OUT/errors.csv), 2 on
-    unusable input.
+    --overwrite is given, and so is an OUT made by another command. The images must be
+    preprocessed at the patch model's scale. Exit status 1 when some images failed (listed in
+    OUT/errors.csv), 2 on unusable input or when no heatmap could be made.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -47,13 +53,17 @@ def heatmaps_command(
             bar.update(task, completed=done, total=total, rate=f"{rate:.2f} images/s")
 
         run = run_heatmaps(manifest, model, out, device=device, batch_size=batch_size, resume=resume,
-                           overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk, progress=progress)
+                           overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk,
+                           progress=progress, allow_outside_paths=allow_outside_paths)
     typer.echo(
         f"heatmaps: {len(run.computed)} computed, {len(run.reused)} reused, {len(run.errors)} failed "
         f"in {run.seconds:.1f} s -> {out}"
     )
-    for exam_id, view, _path, reason in run.errors:
-        typer.secho(f"  failed {exam_id} {view}: {reason}", err=True, fg=typer.colors.YELLOW)
+    for exam_id, view, path, reason in run.errors:
+        typer.secho(f"  failed {exam_id or path} {view}: {reason}", err=True, fg=typer.colors.YELLOW)
+    if not run.computed and not run.reused:
+        why = f"{len(run.errors)} failed, see {out / 'errors.csv'}" if run.errors else "the manifest has no mammogram"
+        raise BreastscreenError(f"0 heatmaps made: {why}")
     if run.errors:
         raise typer.Exit(1)
 
@@ -74,7 +84,14 @@ def predict_command(
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Write overlay PNGs and index.html."),
     max_pictures: Optional[int] = typer.Option(None, "--max-pictures", help="Draw pictures only for the N highest-scoring exams."),
     workers: int = typer.Option(1, "--workers", "-j", help="Parallel preprocessing processes."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an earlier (e.g. killed) run in --out: keep each exam's result while its "
+        "models, options and images are unchanged; predict the rest."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the predictions of an earlier run in --out."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
+    ),
 ) -> None:
     """Predict per-breast benign and malignant probabilities for every exam.
 
@@ -83,9 +100,11 @@ def predict_command(
     (exam_id, left_benign, left_malignant, right_benign, right_malignant; BI-RADS models add
     birads_0..2 and entropy), OUT/predictions.jsonl (per-view/branch outputs and provenance),
     OUT/errors.csv (exams that failed, with the reason), OUT/pictures/ and OUT/index.html.
-    An OUT that already holds predictions.csv is refused unless --overwrite is given; its
-    preprocessed/ and heatmaps/ subfolders are reused only where their inputs are unchanged.
-    Exit status 1 when any exam failed (the others are still predicted), 2 on unusable input.
+    An OUT that already holds predictions.csv is refused unless --resume or --overwrite is given
+    (and an OUT made by another command always); its preprocessed/ and heatmaps/ subfolders and,
+    with --resume, its per-exam results (OUT/exam_results/) are reused only where their inputs
+    are unchanged. Exit status 1 when any exam failed (the others are still predicted), 2 on
+    unusable input or when no exam could be predicted (the message says why).
     Research software: not for clinical use.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -94,7 +113,8 @@ def predict_command(
 
     opts = PredictOptions(tta=tta, seed=seed, device=device, batch_size=batch_size,
                           heatmaps_dir=str(heatmaps) if heatmaps else None, patch_model=patch_model,
-                          pictures=pictures, max_pictures=max_pictures, workers=workers)
+                          pictures=pictures, max_pictures=max_pictures, workers=workers,
+                          allow_outside_paths=allow_outside_paths)
     with Progress(TextColumn("{task.fields[stage]}"), BarColumn(), TextColumn("{task.completed} exams"),
                   TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("predict", total=None, stage="loading")
@@ -102,7 +122,7 @@ def predict_command(
         def progress(stage: str, exam_id: str) -> None:
             bar.update(task, stage=stage, advance=1 if stage == "predict" else 0)
 
-        run = predict(source, model, out, opts, progress, overwrite=overwrite)
+        run = predict(source, model, out, opts, progress, overwrite=overwrite, resume=resume)
     typer.echo(
         f"predicted {len(run.predictions)} exam(s), {len(run.errors)} failed in {run.seconds:.1f} s -> "
         f"{out / 'predictions.csv'}" + (f"; report {out / 'index.html'}" if pictures else "")
@@ -111,6 +131,13 @@ def predict_command(
         typer.secho(f"  failed {exam_id}: {reason}", err=True, fg=typer.colors.YELLOW)
     if run.skipped_files:
         typer.secho(f"  {len(run.skipped_files)} file(s) not used (see {out / 'skipped_files.csv'})", err=True)
+    if not run.predictions:
+        parts = []
+        if run.errors:
+            parts.append(f"{len(run.errors)} exam(s) failed, see {out / 'errors.csv'}")
+        if run.skipped_files:
+            parts.append(f"{len(run.skipped_files)} file(s) skipped, see {out / 'skipped_files.csv'}")
+        raise BreastscreenError(f"0 exams predicted: {'; '.join(parts) or f'no exam found in {source}'}")
     if run.errors:
         raise typer.Exit(1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -25,11 +26,15 @@ from breastscreen import __version__
 from breastscreen.data.heatmaps import HEATMAP_SUFFIX, heatmap_filename, read_heatmap_meta, write_heatmap_file
 from breastscreen.errors import BreastscreenError
 from breastscreen.inference.heatmaps import SlidingWindowHeatmapper
+from breastscreen.outdir import check_output_owner, claim_output_dir
+from breastscreen.safety import assign_names
 from breastscreen.labels import HEATMAP_CHANNELS, PATCH_CLASSES
 from breastscreen.specs.mammo import patch_geometry
 
 INDEX_NAME = "heatmaps.jsonl"
 ERRORS_NAME = "errors.csv"
+COMMAND = "heatmaps"
+logger = logging.getLogger("breastscreen")
 
 
 # --------------------------------------------------------------------------- files
@@ -164,22 +169,29 @@ def generate_heatmaps(
 
     if images_per_chunk < 1:
         raise ValueError(f"images_per_chunk must be >= 1, got {images_per_chunk}")
+    check_output_owner(out_dir, COMMAND)
     check_heatmap_out_dir(out_dir, resume, overwrite)
     start_time = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out_dir, COMMAND)
     run = HeatmapRun(out_dir=out)
-    items = heatmap_items(exams)
+    names, clashes = assign_names([e.exam_id for e in exams])
+    for exam in exams:
+        if exam.exam_id in clashes:
+            run.errors.append((exam.exam_id, "", "", clashes[exam.exam_id]))
+    items = heatmap_items([e for e in exams if e.exam_id in names])
     scales = set()
     for it in items:
         if it.image.preprocessing and "scale" in it.image.preprocessing:
             scales.add(float(it.image.preprocessing["scale"]))
     if len(scales) > 1:
         raise BreastscreenError(f"images are preprocessed at different scales {sorted(scales)}; heatmaps need one scale")
-    scale = scales.pop() if scales else 1.0
     meta_model = dict(model_metadata or {})
     trained_scale = meta_model.get("scale")
-    if trained_scale is not None and not meta_model.get("patch_size") and not math.isclose(float(trained_scale), scale):
+    # Without preprocessed mammograms there is nothing to compare: the model's own scale applies.
+    scale = scales.pop() if scales else float(trained_scale or 1.0)
+    # A patch size fixed in pixels covers another area of breast at another scale, so the scales
+    # must agree whether or not the metadata names the patch size.
+    if trained_scale is not None and not math.isclose(float(trained_scale), scale, rel_tol=1e-6):
         raise BreastscreenError(
             f"the patch model was trained at scale {trained_scale} but the images are preprocessed at scale {scale}; "
             "preprocess the manifest at the model's scale (or give the raw manifest and let heatmaps preprocess it)"
@@ -191,6 +203,7 @@ def generate_heatmaps(
     )
 
     def target(it: HeatmapItem) -> Path:
+        # heatmap_filename makes the exam id safe; the result is one name inside ``out``.
         return out / heatmap_filename(it.exam_id, it.view, it.index)
 
     def is_done(it: HeatmapItem) -> bool:
@@ -233,6 +246,13 @@ def generate_heatmaps(
                 if progress:
                     progress(it, "failed")
                 continue
+            except Exception as exc:  # noqa: BLE001 - one unreadable image never stops the batch
+                logger.error("unexpected error reading %s", it.image.path, exc_info=exc)
+                run.errors.append((it.exam_id, it.view, it.image.path,
+                                   f"unexpected {type(exc).__name__}: {exc} (traceback in the error log)"))
+                if progress:
+                    progress(it, "failed")
+                continue
             loaded.append((pixels, mask))
             keep.append(j)
         if not keep:
@@ -243,6 +263,13 @@ def generate_heatmaps(
             if j in done:
                 continue
             it = items[j]
+            if not np.isfinite(result.maps).all():
+                run.errors.append((it.exam_id, it.view, it.image.path,
+                                   "the patch model gives NaN or infinite probabilities for this image (no heatmap written)"))
+                target(it).unlink(missing_ok=True)
+                if progress:
+                    progress(it, "failed")
+                continue
             meta = {
                 "exam_id": it.exam_id,
                 "view": it.view,
@@ -274,7 +301,7 @@ def generate_heatmaps(
     _write_index(out, items, done_paths, checkpoint_sha256)
     _write_errors(out / ERRORS_NAME, ["exam_id", "view", "path", "reason"], run.errors)
     # The written manifest gets heatmap paths; the caller's exams are left untouched.
-    copies = copy.deepcopy(list(exams))
+    copies = copy.deepcopy([e for e in exams if e.exam_id in names])
     copy_items = heatmap_items(copies)
     for j, path in done_paths.items():
         record = dict(copy_items[j].image.preprocessing or {})
@@ -350,6 +377,7 @@ def run_heatmaps(
     images_per_chunk: int = 4,
     workers: int = 1,
     progress: Callable[[int, int, float], None] | None = None,
+    allow_outside_paths: bool = False,
 ) -> HeatmapRun:
     """``breastscreen heatmaps``: load the patch checkpoint, preprocess if needed, write heatmaps.
 
@@ -362,6 +390,7 @@ def run_heatmaps(
     ``progress(done, total, images_per_second)`` is called once per image.
     """
     from breastscreen.data.manifest import read_manifest
+    from breastscreen.data.types import Modality
     from breastscreen.models import load_checkpoint
     from breastscreen.preprocess.pipeline import preprocess_manifest
     from breastscreen.utils import resolve_device
@@ -371,18 +400,27 @@ def run_heatmaps(
     HeatmapOptions(device=device, batch_size=batch_size, skip_background=skip_background,
                    images_per_chunk=images_per_chunk, workers=workers)
     # Checked before anything is preprocessed or written.
+    check_output_owner(out_dir, COMMAND)
     check_heatmap_out_dir(out_dir, resume, overwrite)
     try:
         dev = resolve_device(device)
     except ValueError as exc:
         raise BreastscreenError(str(exc)) from None
-    exams = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    refused: list[tuple[str, str]] = []
+    if isinstance(manifest, (str, os.PathLike)):
+        exams = read_manifest(manifest, allow_outside_paths=allow_outside_paths, problems=refused)
+        if not exams:
+            why = f"{len(refused)} line(s) refused, first {refused[0][0]}: {refused[0][1]}" if refused else "it is empty"
+            raise BreastscreenError(f"{manifest}: no usable exam ({why})")
+    else:
+        exams = list(manifest)
     ckpt = load_checkpoint(model_ref)
     metadata = dict(ckpt.metadata or {})
     classes = patch_classes(ckpt, str(model_ref))
     out = Path(out_dir)
     pre_errors: list[tuple[str, str, str, str]] = []
-    raw = [e for e in exams if any(img.preprocessing is None for _, img in e.iter_images())]
+    # Only mammograms get patch heatmaps, so only they are preprocessed here.
+    raw = [e for e in exams if e.modality is Modality.MG and any(img.preprocessing is None for _, img in e.iter_images())]
     if raw:
         scale = float(metadata.get("scale") or 1.0)
         pre_dir = out / "preprocessed"
@@ -406,6 +444,7 @@ def run_heatmaps(
         model_metadata=metadata, class_names=classes, batch_size=batch_size, device=dev, resume=resume,
         overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk, progress=tick,
     )
+    pre_errors = [("", "", where, reason) for where, reason in refused] + pre_errors
     if pre_errors:
         run.errors = pre_errors + run.errors
         _write_errors(out / ERRORS_NAME, ["exam_id", "view", "path", "reason"], run.errors)

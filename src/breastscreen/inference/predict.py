@@ -20,14 +20,19 @@ A folder in the BUSI layout (``benign/``, ``malignant/``, ``normal/`` holding ``
 is read with the BUSI adapter (one ``U-US`` exam per image, masks attached, not predicted) and
 the manifest used is saved as ``OUT/manifest.jsonl`` (labels included, for ``evaluate --labels``).
 
-One failed exam (unreadable image, no breast found, missing heatmap) goes to ``errors.csv`` and
-the rest of the batch completes. Numbers are deterministic on CPU for the same inputs,
+One failed exam (unreadable image, no breast found, missing heatmap, NaN or infinite model
+output) goes to ``errors.csv`` and the rest of the batch completes. Each exam's result is kept in
+``OUT/exam_results/<exam>.json`` (exam id made safe for a file name) as soon as it is made, with
+a fingerprint of the models, options, exam and image files; ``--resume`` reuses those that still
+match, so a killed run continues where it stopped and ends with the same files as an
+uninterrupted one. OUT carries a marker of ``predict`` and is never another command's folder. Numbers are deterministic on CPU for the same inputs,
 checkpoints, seed and TTA count: every random draw comes from a seed derived from
 ``(seed, exam_id, view, image index)``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -42,6 +47,8 @@ from breastscreen.errors import BreastscreenError
 from breastscreen.inference.options import PredictOptions
 from breastscreen.inference.predictor import ExamPrediction, Predictor
 from breastscreen.inference.writers import UNKNOWN_COLUMNS, write_outputs
+from breastscreen.outdir import check_output_owner, claim_output_dir
+from breastscreen.safety import assign_names, is_within
 from breastscreen.specs import PreparedImage
 
 __all__ = ["ExamPrediction", "PredictOptions", "PredictRun", "UNKNOWN_COLUMNS", "load_inputs", "predict"]
@@ -52,6 +59,10 @@ INPUT_MANIFEST = "manifest.jsonl"
 RUN_OUTPUTS: tuple[str, ...] = ("predictions.csv", "predictions.jsonl", "run.json")
 # Errors that belong to one exam's data (never to the run as a whole).
 EXAM_ERRORS: tuple[type[BaseException], ...] = (BreastscreenError, ValueError, OSError, KeyError)
+COMMAND = "predict"
+# Per-exam results kept as they are made (what --resume reuses).
+RESULTS_DIR = "exam_results"
+logger = logging.getLogger("breastscreen")
 
 
 @dataclass
@@ -104,12 +115,15 @@ def is_busi_folder(folder: Path) -> bool:
     return found
 
 
-def load_inputs(source: str | os.PathLike[str]) -> tuple[list[Exam], list[tuple[str, str]], list[tuple[str, str]]]:
+def load_inputs(source: str | os.PathLike[str], allow_outside_paths: bool = False,
+                ) -> tuple[list[Exam], list[tuple[str, str]], list[tuple[str, str]]]:
     """Exams from a manifest file or a folder; returns (exams, exam errors, unassigned file problems).
 
     For a folder the manifest is built on the fly; a file that cannot be used makes its exam
     (recognised by the ``<exam_id>_`` file-name prefix) fail, so an exam is never predicted from
-    fewer views than it has because one of them is corrupt.
+    fewer views than it has because one of them is corrupt. Manifest lines that cannot be used
+    (format, or paths outside the manifest's folder unless ``allow_outside_paths``) are exam
+    errors named by their line.
     """
     from breastscreen.data.manifest import read_manifest
 
@@ -128,7 +142,9 @@ def load_inputs(source: str | os.PathLike[str]) -> tuple[list[Exam], list[tuple[
         exams = [e for e in result.exams if e.exam_id not in per_exam]
         return exams, errors, rest
     if p.is_file():
-        return read_manifest(p), [], []
+        refused: list[tuple[str, str]] = []
+        exams = read_manifest(p, allow_outside_paths=allow_outside_paths, problems=refused)
+        return exams, [(f"({where})", reason) for where, reason in refused], []
     raise BreastscreenError(f"{p}: no such manifest file or folder")
 
 
@@ -206,6 +222,74 @@ def _make_heatmaps(exams: list[Exam], patch_ref: str, out: Path, opts: PredictOp
     return [e for e in exams if e.exam_id not in failed], errors, info
 
 
+def _finite_values(pred: ExamPrediction) -> None:
+    """Refuse a prediction with NaN or infinite values (broken weights or inputs), naming them."""
+    bad = [k for k, v in pred.values.items()
+           if v is not None and not (isinstance(v, (int, float, np.floating)) and np.isfinite(v))]
+    if bad:
+        raise BreastscreenError(
+            f"exam {pred.exam_id}: the model gives NaN or infinite values for {', '.join(bad)}; "
+            "the checkpoint or the input images are broken (nothing written for this exam)"
+        )
+
+
+def _file_facts(path: str) -> list[Any]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [path, None]
+    return [path, int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _exam_fingerprint(exam: Exam, run_key: dict[str, Any], heatmaps_dir: Path | None) -> str:
+    """Hash of everything one exam's prediction depends on: run settings, the exam and its files."""
+    import hashlib
+    import json
+
+    from breastscreen.data.heatmaps import heatmap_filename
+    from breastscreen.data.manifest import exam_to_dict
+
+    files = []
+    for view, images in exam.views.items():
+        for k, img in enumerate(images):
+            files.append(_file_facts(img.path))
+            if heatmaps_dir is not None:
+                files.append(_file_facts(str(heatmaps_dir / heatmap_filename(exam.exam_id, view, k))))
+    payload = {"run": run_key, "exam": exam_to_dict(exam, Path("/")), "files": files}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_result(path: Path, fingerprint: str, out: Path) -> tuple[ExamPrediction, list[str]] | None:
+    """A cached exam result made with the same fingerprint (and its pictures, if they still exist)."""
+    import json
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return None
+    values, details, exam_id = record.get("values"), record.get("details"), record.get("exam_id")
+    if not (isinstance(values, dict) and isinstance(details, dict) and isinstance(exam_id, str)):
+        return None  # not a record this version wrote: predict the exam again
+    pictures = [p for p in record.get("pictures") or [] if isinstance(p, str)]
+    if not all((out / p).is_file() and is_within(out / p, out) for p in pictures):
+        pictures = []
+    return ExamPrediction(exam_id, dict(values), dict(details)), pictures
+
+
+def _save_result(path: Path, fingerprint: str, pred: ExamPrediction, pictures: list[str]) -> None:
+    import json
+
+    from breastscreen.utils import atomic_path
+
+    record = {"exam_id": pred.exam_id, "fingerprint": fingerprint, "values": pred.values, "details": pred.details,
+              "pictures": pictures}
+    with atomic_path(path) as tmp:
+        # Floats round-trip exactly through JSON, so a resumed run writes the same bytes.
+        tmp.write_text(json.dumps(record, default=float), encoding="utf-8")
+
+
 def predict(
     source: str | os.PathLike[str],
     models: Sequence[str],
@@ -214,41 +298,52 @@ def predict(
     progress: Callable[[str, str], None] | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> PredictRun:
     """Predict every exam of ``source`` (manifest or folder) with ``models`` into ``out_dir``.
 
     ``progress(stage, exam_id)`` is called as work advances. User-input problems that concern
     the whole run (no model, unreadable checkpoint, unknown model family, an ``out_dir`` that
-    already holds predictions while ``overwrite`` is False) raise :class:`BreastscreenError`;
-    problems of one exam go to ``errors.csv``.
+    already holds predictions while neither ``resume`` nor ``overwrite`` is set, or that belongs
+    to another command) raise :class:`BreastscreenError`; problems of one exam (including NaN or
+    infinite model outputs) go to ``errors.csv``. Each exam's result is also kept in
+    ``out_dir/exam_results/<exam>.json`` as soon as it is made; ``resume`` reuses those whose
+    models, options, exam and image files are unchanged, so a killed run continues where it
+    stopped and ends with the same files as an uninterrupted one.
     """
     opts = options or PredictOptions()
     if opts.heatmaps_dir and opts.patch_model:
         raise BreastscreenError("give either --heatmaps DIR or --patch-model CKPT, not both")
+    if resume and overwrite:
+        raise BreastscreenError("choose either --resume or --overwrite, not both")
     start = time.perf_counter()
     out = Path(out_dir)
+    check_output_owner(out, COMMAND)
     earlier = [name for name in RUN_OUTPUTS if (out / name).is_file()]
-    if earlier and not overwrite:
+    if earlier and not (overwrite or resume):
         raise BreastscreenError(
             f"{out} already holds predictions of an earlier run ({earlier[0]}); "
-            "pass --overwrite to replace them or choose another --out"
+            "pass --resume to continue it, --overwrite to replace it, or choose another --out"
         )
     predictor = Predictor.load(list(models), opts.device, tta=opts.tta, seed=opts.seed, batch_size=opts.batch_size)
-    out.mkdir(parents=True, exist_ok=True)
     spec, m0 = predictor.spec, predictor.members[0]
 
-    exams, errors, skipped = load_inputs(source)
+    exams, errors, skipped = load_inputs(source, allow_outside_paths=opts.allow_outside_paths)
+    claim_output_dir(out, COMMAND, source=str(Path(source).resolve()))
     if Path(source).is_dir() and is_busi_folder(Path(source)):
         from breastscreen.data.manifest import write_manifest
 
         target = out / INPUT_MANIFEST
-        if target.exists() and not overwrite:
+        if target.exists() and not (overwrite or resume):
             raise BreastscreenError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
         write_manifest(exams, target)
     modality = predictor.modality
     errors += [(e.exam_id, f"modality {e.modality.value} cannot be read by a {spec.family} model ({m0.name})")
                for e in exams if e.modality is not modality]
     exams = [e for e in exams if e.modality is modality]
+    names, clashes = assign_names([e.exam_id for e in exams])
+    errors += sorted(clashes.items())
+    exams = [e for e in exams if e.exam_id in names]
     if modality is Modality.MG:
         if progress:
             progress("preprocess", "")
@@ -271,14 +366,43 @@ def predict(
         )
     source_maps = heatmap_files(heatmaps_dir) if heatmaps_dir is not None else None
 
+    run_key = {"models": [m.sha256 for m in predictor.members], "spec": spec.to_dict(), "tta": opts.tta,
+               "seed": opts.seed, "device": str(predictor.device), "package_version": __version__,
+               "heatmaps": (patch_info or {}).get("sha256") or (str(heatmaps_dir) if heatmaps_dir else None)}
+    results_dir = out / RESULTS_DIR
+    draw_now = opts.pictures and opts.max_pictures is None
     predictions: list[ExamPrediction] = []
+    pictures: dict[str, tuple[list[str], str]] = {}
     for exam in exams:
-        try:
-            predictions.append(predictor.predict_exam(exam, heatmaps=source_maps))
-        except EXAM_ERRORS as exc:
-            errors.append((exam.exam_id, str(exc) or type(exc).__name__))
-        if progress:
-            progress("predict", exam.exam_id)
+        record = results_dir / f"{names[exam.exam_id]}.json"
+        fingerprint = _exam_fingerprint(exam, run_key, heatmaps_dir)
+        cached = _load_result(record, fingerprint, out) if resume else None
+        if cached is not None and (cached[1] or not draw_now):
+            predictions.append(cached[0])
+            if cached[1]:
+                pictures[exam.exam_id] = (cached[1], "")
+        else:
+            try:
+                pred = predictor.predict_exam(exam, heatmaps=source_maps)
+                _finite_values(pred)
+            except EXAM_ERRORS as exc:
+                errors.append((exam.exam_id, str(exc) or type(exc).__name__))
+                record.unlink(missing_ok=True)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one exam's unexpected failure never stops the batch
+                logger.error("unexpected error predicting exam %s", exam.exam_id, exc_info=exc)
+                errors.append((exam.exam_id, f"unexpected {type(exc).__name__}: {exc} (traceback in the error log)"))
+                record.unlink(missing_ok=True)
+                continue
+            finally:
+                if progress:
+                    progress("predict", exam.exam_id)
+            if draw_now:
+                from breastscreen.inference.report import draw_exam_pictures
+
+                pictures[exam.exam_id] = draw_exam_pictures(pred, out)
+            _save_result(record, fingerprint, pred, pictures.get(exam.exam_id, ([], ""))[0])
+            predictions.append(pred)
 
     provenance = {
         "package_version": __version__,
@@ -294,7 +418,16 @@ def predict(
     if opts.pictures:
         if progress:
             progress("pictures", "")
-        from breastscreen.inference.report import write_pictures_and_page
+        from breastscreen.inference.report import draw_exam_pictures, write_page
+        from breastscreen.viz.html import malignancy_score
 
-        write_pictures_and_page(out, predictions, errors, predictor.columns, provenance, opts.max_pictures)
+        if opts.max_pictures is not None:
+            ranked = sorted(predictions, key=lambda p: -(malignancy_score(p.values) or -1.0))[: opts.max_pictures]
+            by_id = {e.exam_id: e for e in exams}
+            for pred in ranked:
+                if not pred.panels and not pred.us_bags:
+                    # A result reused by --resume keeps no images: predict again (same numbers) to draw it.
+                    pred = predictor.predict_exam(by_id[pred.exam_id], heatmaps=source_maps)
+                pictures[pred.exam_id] = draw_exam_pictures(pred, out)
+        write_page(out, predictions, pictures, errors, predictor.columns, provenance)
     return PredictRun(out, predictions, errors, skipped, time.perf_counter() - start)

@@ -258,7 +258,13 @@ class Predictor:
                               for mem, out in zip(self.members, member_out)]
         panels = {v: (prepared[v][0], None if maps[v][0] is None else dict(zip(HEATMAP_CHANNELS, maps[v][0])))
                   for v in used}
-        return ExamPrediction(exam_id, spec.postprocess(probs), details, panels)
+        values = spec.postprocess(probs)
+        # A breast without any image has no prediction, although a four-view model still outputs one.
+        for side, name in (("L", "left"), ("R", "right")):
+            if not any(prepared[v] for v in MG_VIEWS if view_side(v) == side):
+                values.update({c: None for c in values if c.startswith(f"{name}_")})
+                details.setdefault("breasts_without_images", []).append(side)
+        return ExamPrediction(exam_id, values, details, panels)
 
     def _image(self, exam_id: str, views: dict[str, list[ImageLike]], heatmaps: HeatmapSource | None) -> ExamPrediction:
         spec: ImageSpec = self.spec  # type: ignore[assignment]

@@ -1,5 +1,6 @@
 """Pictures and the HTML page of a prediction run (``DIR/pictures/*.png``, ``DIR/index.html``).
 
+File names are the exam ids made safe (:func:`breastscreen.safety.safe_name`).
 Mammography: one PNG per exam, the four views in original geometry (the maps are mapped back
 through each image's preprocessing record with ``to_original``: resample, flip and crop
 undone). If the original file cannot be read any more, the preprocessed image is shown instead
@@ -9,6 +10,7 @@ the malignant saliency map overlaid.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,10 +18,12 @@ import numpy as np
 
 from breastscreen.data.types import view_side
 from breastscreen.errors import BreastscreenError
+from breastscreen.safety import safe_name
 from breastscreen.viz.html import ReportRow, malignancy_score, write_report_html
 from breastscreen.viz.overlay import ViewPanel, exam_overlay_figure, resize_map_to, us_breast_figure
 
 PICTURES_DIR = "pictures"
+logger = logging.getLogger("breastscreen")
 
 
 def _breast_title(values: dict[str, Any], side: str | None) -> str:
@@ -54,6 +58,43 @@ def original_panel(image: Any, maps: dict[str, np.ndarray] | None, title: str) -
         return ViewPanel(image.pixels, dict(maps or {}), title + " (preprocessed geometry)")
 
 
+def draw_exam_pictures(pred: Any, out: Path) -> tuple[list[str], str]:
+    """Draw one exam's pictures into ``out/pictures``; return (paths relative to ``out``, note).
+
+    A failure to draw is reported in the note (shown on the page), never raised: the
+    predictions stand without their picture.
+    """
+    pic_dir = out / PICTURES_DIR
+    pic_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return [str(Path(PICTURES_DIR) / Path(p).name) for p in _exam_pictures(pred, pic_dir)], ""
+    except (BreastscreenError, ValueError, OSError) as exc:
+        return [], f"picture failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a picture never fails the run; the log keeps the traceback
+        logger.error("drawing the pictures of exam %s failed", pred.exam_id, exc_info=exc)
+        return [], f"picture failed: unexpected {type(exc).__name__} (traceback in the error log)"
+
+
+def write_page(
+    out: Path,
+    predictions: Sequence[Any],
+    pictures: dict[str, tuple[list[str], str]],
+    errors: Sequence[tuple[str, str]],
+    columns: Sequence[str],
+    provenance: dict[str, Any],
+) -> Path:
+    """``index.html``: exams sorted by malignancy score with their pictures (``{exam_id: (paths, note)}``)."""
+    ordered = sorted(predictions, key=lambda p: -(malignancy_score(p.values) or -1.0))
+    rows = []
+    for pred in ordered:
+        images, note = pictures.get(pred.exam_id, ([], ""))
+        rows.append(ReportRow(pred.exam_id, malignancy_score(pred.values), dict(pred.values), list(images), note))
+    prov = {k: v for k, v in provenance.items() if k != "models"}
+    for i, m in enumerate(provenance.get("models", [])):
+        prov[f"model {i + 1}"] = f"{m.get('name')} ({m.get('ref')}), sha256 {str(m.get('sha256'))[:16]}…"
+    return write_report_html(out / "index.html", rows, columns, "breastscreen predictions", prov, errors)
+
+
 def write_pictures_and_page(
     out: Path,
     predictions: Sequence[Any],
@@ -63,27 +104,14 @@ def write_pictures_and_page(
     max_pictures: int | None = None,
 ) -> Path:
     """Write the per-exam PNGs (highest scores first, at most ``max_pictures``) and ``index.html``."""
-    pic_dir = out / PICTURES_DIR
-    pic_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(predictions, key=lambda p: -(malignancy_score(p.values) or -1.0))
-    rows = []
-    for rank, pred in enumerate(ordered):
-        images: list[str] = []
-        note = ""
-        if max_pictures is None or rank < max_pictures:
-            try:
-                images = _exam_pictures(pred, pic_dir)
-            except (BreastscreenError, ValueError, OSError) as exc:
-                note = f"picture failed: {exc}"
-        rows.append(ReportRow(pred.exam_id, malignancy_score(pred.values), dict(pred.values),
-                              [str(Path(PICTURES_DIR) / Path(p).name) for p in images], note))
-    prov = {k: v for k, v in provenance.items() if k != "models"}
-    for i, m in enumerate(provenance.get("models", [])):
-        prov[f"model {i + 1}"] = f"{m.get('name')} ({m.get('ref')}), sha256 {str(m.get('sha256'))[:16]}…"
-    return write_report_html(out / "index.html", rows, columns, "breastscreen predictions", prov, errors)
+    pictures = {pred.exam_id: draw_exam_pictures(pred, out) for rank, pred in enumerate(ordered)
+                if max_pictures is None or rank < max_pictures}
+    return write_page(out, predictions, pictures, errors, columns, provenance)
 
 
 def _exam_pictures(pred: Any, pic_dir: Path) -> list[str]:
+    name = safe_name(pred.exam_id)
     if pred.us_bags:
         paths = []
         for side, bag in pred.us_bags.items():
@@ -91,16 +119,18 @@ def _exam_pictures(pred: Any, pic_dir: Path) -> list[str]:
             b, m = bag["probs"]
             breast = {"L": "left", "R": "right"}.get(side, "unknown side")
             title = f"{pred.exam_id} {breast} breast: benign {b:.2f}, malignant {m:.2f}"
-            path = pic_dir / f"{pred.exam_id}_{side}.png"
+            path = pic_dir / f"{name}_{side}.png"
             us_breast_figure(bag["pixels"], sal, list(bag["attention"]), title, path)
             paths.append(str(path))
         return paths
+    if not pred.panels:
+        raise BreastscreenError(f"exam {pred.exam_id}: no images to draw")
     panels = {}
     for view, (image, maps) in pred.panels.items():
         panels[view] = original_panel(image, maps, f"{view} — {_breast_title(pred.values, view_side(view))}")
     score = malignancy_score(pred.values)
     title = f"exam {pred.exam_id}" + (f" — malignancy score {score:.2f}" if score is not None else "")
     has_maps = any(p.maps for p in panels.values())
-    path = pic_dir / f"{pred.exam_id}.png"
+    path = pic_dir / f"{name}.png"
     exam_overlay_figure(panels, title, path, map_names=("malignant", "benign") if has_maps else ())
     return [str(path)]

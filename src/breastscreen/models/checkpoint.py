@@ -21,7 +21,11 @@ pickled objects (nothing in the file is executed). Accepted layouts: this packag
 overrides and a conversion ``scheme``) given by the caller.
 
 Loading is strict: missing keys, unexpected keys and shape mismatches are all listed in one
-:class:`~breastscreen.errors.CheckpointError`.
+:class:`~breastscreen.errors.CheckpointError`. A checkpoint is user input, so before a model is
+allocated the header is parsed with size and depth limits and its types checked, the config is
+checked against the architecture's allowed ranges and built on the meta device to compare its
+size and shapes with the stored tensors (:mod:`breastscreen.models.limits`), the documented
+metadata keys are checked, and weights holding NaN or infinite values are refused.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ from torch import nn
 
 from breastscreen import __version__
 from breastscreen.errors import CheckpointError
+from breastscreen.models.limits import check_config, check_metadata, check_size
 from breastscreen.models.registry import config_to_dict, create_model, get_entry
+from breastscreen.safety import loads_json
 from breastscreen.utils import atomic_path
 
 FORMAT_VERSION = 1
 HEADER_KEY = "breastscreen"
+MAX_HEADER_BYTES = 4 * 1024 * 1024
 TORCH_SUFFIXES = (".pt", ".pth", ".p", ".ckpt", ".bin")
 
 
@@ -128,22 +135,47 @@ def read_header(path: str | Path) -> dict[str, Any] | None:
         if HEADER_KEY not in meta:
             return None
         try:
-            return json.loads(meta[HEADER_KEY])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: breastscreen header is not valid JSON ({exc})") from exc
+            # Metadata may hold NaN metrics (an AUC undefined on one class); the numbers that are
+            # used (config, scale, patch size ...) are checked for finiteness by models.limits.
+            header = loads_json(meta[HEADER_KEY], f"{path}: breastscreen header", max_bytes=MAX_HEADER_BYTES,
+                                allow_nonfinite=True)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        return check_header(header, str(path))
     obj = _torch_load(path)
-    return obj.get(HEADER_KEY) if isinstance(obj, dict) else None
+    header = obj.get(HEADER_KEY) if isinstance(obj, dict) else None
+    return None if header is None else check_header(header, str(path))
+
+
+def check_header(header: Any, where: str) -> dict[str, Any]:
+    """Check the types of a breastscreen header (object with format_version, model_name, config ...)."""
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where}: breastscreen header must be a JSON object, got {type(header).__name__}")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: unsupported checkpoint format_version {str(header.get('format_version'))[:40]!r}")
+    name = header.get("model_name")
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{where}: breastscreen header lacks a model_name (text), got {str(name)[:40]!r}")
+    for key in ("config", "metadata", "spec"):
+        if key in header and not isinstance(header[key], dict):
+            raise CheckpointError(f"{where}: header {key} must be a JSON object, got {type(header[key]).__name__}")
+    if "package_version" in header and not isinstance(header["package_version"], (str, type(None))):
+        raise CheckpointError(f"{where}: header package_version must be text")
+    return header
 
 
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as exc:
+    except MemoryError:
+        raise CheckpointError(f"{path}: refused to load - it declares more data than fits in memory") from None
+    except Exception as exc:  # noqa: BLE001 - truncated zips, forged pickles and bad storages raise many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "truncated or damaged" if not isinstance(exc, pickle.UnpicklingError) else "not a plain tensor state dict"
         raise CheckpointError(
-            f"{path}: refused to load - the file is not a plain tensor state dict that torch.load("
-            f"weights_only=True) accepts, and arbitrary pickled objects are never unpickled ({first})"
-        ) from exc
+            f"{path}: refused to load - the file is {kind} (torch.load(weights_only=True) failed: {first[:200]}); "
+            "arbitrary pickled objects are never unpickled"
+        ) from None
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -162,7 +194,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     obj = _torch_load(path)
     header = None
     if isinstance(obj, dict) and HEADER_KEY in obj:
-        header = obj[HEADER_KEY]
+        header = check_header(obj[HEADER_KEY], str(path))
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -208,29 +240,44 @@ def load_checkpoint(path_or_name: str | Path, model_name: str | None = None, con
     path = resolve_model_ref(path_or_name, zoo_dir=zoo_dir)
     state, header = read_state_dict(path)
     if header is not None:
-        if header.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: unsupported checkpoint format_version {header.get('format_version')!r}")
         name = header["model_name"]
         if model_name is not None and model_name != name:
             raise CheckpointError(f"{path} holds a {name!r} model, not {model_name!r}")
         cfg = dict(header.get("config", {}))
         cfg.update(config or {})
+        check_metadata(header.get("metadata", {}), str(path))
     else:
         if model_name is None:
             raise CheckpointError(f"{path} has no breastscreen header; give the model name (and config) it was trained with")
         name, cfg = model_name, dict(config or {})
+    try:
+        get_entry(name)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from None
     if scheme is not None:
         state = convert_state_dict(state, scheme)
+    # Everything from the file is checked before a real model is allocated.
+    check_config(name, cfg, str(path))
+    check_size(name, cfg, state, str(path))
+    check_finite(state, str(path))
     try:
         model = create_model(name, **cfg)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild model {name!r} from its config: {exc}") from exc
-    check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return Checkpoint(model=model, name=name, config=model.config,
                       metadata=dict((header or {}).get("metadata", {})), sha256=file_sha256(path), path=path,
                       package_version=(header or {}).get("package_version"), header=dict(header or {}))
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged or damaged checkpoint), naming them."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise CheckpointError(f"{where}: weights hold NaN or infinite values ({len(bad)} tensor(s): {shown}); "
+                              "the training diverged or the file is damaged")
 
 
 def load_model(path_or_name: str | Path, **kwargs: Any) -> nn.Module:

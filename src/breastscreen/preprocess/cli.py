@@ -19,6 +19,9 @@ def preprocess_command(
     keep_background: bool = typer.Option(
         False, "--keep-background", help="Keep pixels outside the breast mask inside the crop box (labels, film edges)."
     ),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
+    ),
 ) -> None:
     """Crop, orient and resample mammograms (and crop ultrasound images) for the models.
 
@@ -31,6 +34,12 @@ def preprocess_command(
     pixels), and errors.csv. Exit status: 0 when every exam succeeded, 1 when some exams failed
     (the others are still written), 2 on unusable input or when no exam succeeded. With --resume,
     an image is preprocessed again when its source file's size or modification time changed.
+
+    Manifest lines that break the format or name files outside the manifest's folder are listed
+    in errors.csv and skipped (see --allow-outside-paths). Images without a usable pixel spacing
+    are resampled as if their pixels were 0.1 mm and listed as warnings. Output files are named
+    after exam ids made safe for file names, so nothing is written outside OUT; OUT must not be
+    another command's output folder.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -38,9 +47,11 @@ def preprocess_command(
     from breastscreen.errors import PreprocessError
     from breastscreen.preprocess.pipeline import ERRORS_NAME, MANIFEST_NAME, preprocess_manifest
 
-    exams = read_manifest(manifest)
+    refused: list[tuple[str, str]] = []
+    exams = read_manifest(manifest, allow_outside_paths=allow_outside_paths, problems=refused)
     if not exams:
-        raise PreprocessError(f"{manifest}: the manifest holds no exams")
+        why = f"{len(refused)} line(s) refused, first {refused[0][0]}: {refused[0][1]}" if refused else "it is empty"
+        raise PreprocessError(f"{manifest}: no usable exam ({why})")
     with Progress(
         TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
     ) as bar:
@@ -54,19 +65,23 @@ def preprocess_command(
             workers=workers,
             suppress_background=not keep_background,
             progress=lambda _o: bar.advance(task),
+            input_problems=refused,
         )
-    failed = sorted({row["exam_id"] for row in issues if row["status"] == "failed"})
+    failed = sorted({row["exam_id"] or row["path"] for row in issues if row["status"] == "failed"})
     excluded = sum(1 for row in issues if row["status"] == "excluded")
+    warned = sum(1 for row in issues if row["status"] == "warning")
     n_images = sum(len(imgs) for e in exams_out for imgs in e.views.values())
     typer.echo(
-        f"preprocessed {len(exams_out)}/{len(exams)} exams ({n_images} images) -> {out / MANIFEST_NAME}; "
-        f"{len(failed)} failed, {excluded} images excluded (see {out / ERRORS_NAME})"
+        f"preprocessed {len(exams_out)}/{len(exams) + len(refused)} exams ({n_images} images) -> {out / MANIFEST_NAME}; "
+        f"{len(failed)} failed, {excluded} images excluded, {warned} warnings (see {out / ERRORS_NAME})"
     )
     for row in issues:
         if row["status"] == "failed":
-            typer.secho(f"  failed {row['exam_id']} {row['view']}: {row['reason']}", err=True, fg=typer.colors.YELLOW)
+            who = row["exam_id"] or row["path"]
+            typer.secho(f"  failed {who} {row['view']}: {row['reason']}", err=True, fg=typer.colors.YELLOW)
     if not exams_out:
-        raise PreprocessError(f"no exam could be preprocessed; see {out / ERRORS_NAME}")
+        raise PreprocessError(f"no exam could be preprocessed (0 of {len(exams) + len(refused)}: "
+                              f"{len(failed)} failed); see {out / ERRORS_NAME}")
     if failed:
         raise typer.Exit(1)
 

@@ -32,6 +32,16 @@ WORK_SIZE = 512
 REL_THRESHOLD = 0.05
 # Safety margin around the breast, as a fraction of the image's long side (skin line, nipple).
 MARGIN_FRACTION = 0.01
+# Pixel spacing assumed when an image has none (documented in docs/data.md; the run lists a warning).
+DEFAULT_SPACING_MM = REF_SPACING_MM
+# Sanity limits of the resampled image: a damaged spacing (1e-9 mm, 100 mm) must fail clearly,
+# not produce a 1x1 image or allocate gigabytes.
+MIN_OUTPUT_SIDE = 16
+MAX_OUTPUT_SIDE = 20_000
+MAX_RESAMPLE_FACTOR = 50.0
+# Neighbouring pixels of a radiograph differ by a small fraction of the image's spread; noise
+# (random bytes, a wrong byte order, a damaged stream decoded to garbage) by about 1.13 of it.
+MAX_ROUGHNESS = 0.7
 
 
 @dataclass
@@ -74,6 +84,18 @@ def _check_image(img: np.ndarray, name: str | None) -> np.ndarray:
     return arr
 
 
+def check_not_noise(arr: np.ndarray, name: str | None = None) -> None:
+    """Raise :class:`PreprocessError` when the pixels look like random noise rather than an image."""
+    from breastscreen.data.readers import roughness
+
+    r = roughness(arr)
+    if r > MAX_ROUGHNESS:
+        raise PreprocessError(
+            f"{_label(name)}: pixel values look like random noise (neighbouring pixels differ by {r:.2f} standard "
+            f"deviations on average; radiographs stay below {MAX_ROUGHNESS}); the file may be damaged or decoded wrongly"
+        )
+
+
 def _downsample(arr: np.ndarray, work_size: int) -> tuple[np.ndarray, float]:
     h, w = arr.shape
     factor = max(1.0, max(h, w) / float(work_size))
@@ -104,6 +126,47 @@ def _edge_strip(stats_row: np.ndarray, shape: tuple[int, int]) -> bool:
     return thin_vertical or thin_horizontal
 
 
+def _film_border_lines(fill: np.ndarray, full: float = 0.95, drop: float = 0.85, zone: float = 0.12,
+                       start: float = 0.03, thickest: float = 0.10) -> list[int]:
+    """Indices of lines (rows or columns) that form a film-edge / scanner-border strip at either end.
+
+    ``fill`` is the foreground fraction of each line. A strip is a run of lines at least ``full``
+    foreground, starting within ``start`` of the border, at most ``thickest`` thick, inside the
+    outer ``zone``, and followed inwards by a line at most ``drop`` foreground: a border band
+    spanning the whole film, unlike breast tissue, whose extent changes gradually.
+    """
+    n = len(fill)
+    out: list[int] = []
+    for order in (range(n), range(n - 1, -1, -1)):
+        idx = list(order)[: max(1, int(zone * n))]
+        first = next((k for k, i in enumerate(idx) if fill[i] >= full), None)
+        if first is None or first > max(1, int(start * n)):
+            continue
+        run = first
+        while run < len(idx) and fill[idx[run]] >= full:
+            run += 1
+        if run - first > max(1, int(thickest * n)) or run >= len(idx) or fill[idx[run]] > drop:
+            continue
+        out.extend(idx[:run])
+    return out
+
+
+def _film_borders(fg: np.ndarray) -> tuple[list[int], list[int]]:
+    """(rows, columns) of ``fg`` that are film-edge / scanner-border strips along its four sides."""
+    return _film_border_lines(fg.mean(axis=1)), _film_border_lines(fg.mean(axis=0))
+
+
+def _outside_borders(lines: list[int], n: int) -> tuple[int, int]:
+    """The half-open range of line indices left between the border strips ``lines`` of ``n`` lines."""
+    lo = 0
+    while lo in lines:
+        lo += 1
+    hi = n
+    while hi - 1 in lines:
+        hi -= 1
+    return lo, hi
+
+
 def segment_breast(
     img: np.ndarray,
     *,
@@ -114,8 +177,9 @@ def segment_breast(
 ) -> BreastSegmentation:
     """Segment the breast and return its mask (original size) and crop box.
 
-    Thresholds a smoothed, downsampled copy at ``background + rel_threshold * range``, opens
-    it to cut thin film-edge lines and marker stalks, keeps the largest connected component
+    Thresholds a smoothed, downsampled copy at ``background + rel_threshold * range``, clears
+    film-edge / scanner-border strips that span the whole film along a side (even where they
+    touch the breast), opens it to cut thin lines and marker stalks, keeps the largest connected component
     (burned-in labels, skin markers and frame strips are separate components and are
     dropped), fills holes and dilates by ``margin_fraction`` of the long side so the dim
     skin line stays inside. The box is mapped back to full resolution with the same margin.
@@ -133,6 +197,11 @@ def segment_breast(
     if hi - lo <= 1e-6:
         raise PreprocessError(f"{_label(name)}: no breast found (the image is uniform, value {lo:g})")
     fg = (small > lo + rel_threshold * (hi - lo)).astype(np.uint8)
+    # Film edges and scanner borders that span the whole film touch the breast on digitised
+    # films; cut them off first so that they cannot join the breast component.
+    strip_rows, strip_cols = _film_borders(fg)
+    fg[strip_rows, :] = 0
+    fg[:, strip_cols] = 0
     opened = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
     if n <= 1:
@@ -153,14 +222,18 @@ def segment_breast(
     margin_small = max(1, int(round(margin_fraction * max(small.shape))))
     k = 2 * margin_small + 1
     comp = cv2.dilate(comp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    # The safety margin must not reach back into a film strip that was cut off.
+    comp[strip_rows, :] = 0
+    comp[:, strip_cols] = 0
     mask = cv2.resize(comp.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) > 0.25
     ys, xs = np.nonzero(comp)
     margin = int(np.ceil(factor))  # one working pixel of slack for the resize
+    (r0, r1), (c0, c1) = _outside_borders(strip_rows, small.shape[0]), _outside_borders(strip_cols, small.shape[1])
     box = (
-        max(0, int(np.floor(xs.min() * factor)) - margin),
-        max(0, int(np.floor(ys.min() * factor)) - margin),
-        min(W, int(np.ceil((xs.max() + 1) * factor)) + margin),
-        min(H, int(np.ceil((ys.max() + 1) * factor)) + margin),
+        max(int(np.ceil(c0 * factor)), int(np.floor(xs.min() * factor)) - margin),
+        max(int(np.ceil(r0 * factor)), int(np.floor(ys.min() * factor)) - margin),
+        min(int(np.floor(c1 * factor)) if c1 < small.shape[1] else W, int(np.ceil((xs.max() + 1) * factor)) + margin),
+        min(int(np.floor(r1 * factor)) if r1 < small.shape[0] else H, int(np.ceil((ys.max() + 1) * factor)) + margin),
     )
     mask[:, : box[0]] = False
     mask[:, box[2] :] = False
@@ -220,14 +293,32 @@ def output_spacing(scale: float) -> float:
 def resample_factors(spacing: Sequence[float] | None, scale: float) -> tuple[float, float]:
     """(row, column) resize factors taking pixels of ``spacing`` mm to ``REF_SPACING_MM / scale``.
 
-    Unknown spacing (``None``) is taken as full resolution (``REF_SPACING_MM``).
+    Unknown spacing (``None``) is taken as :data:`DEFAULT_SPACING_MM` (full resolution).
     """
     out = output_spacing(scale)
     if spacing is None:
-        spacing = (REF_SPACING_MM, REF_SPACING_MM)
-    if len(spacing) != 2 or not all(float(s) > 0 for s in spacing):
-        raise ValueError(f"pixel spacing must be two positive numbers (row, column) in mm, got {spacing}")
+        spacing = (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM)
+    if len(spacing) != 2 or not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing):
+        raise ValueError(f"pixel spacing must be two positive finite numbers (row, column) in mm, got {spacing}")
     return float(spacing[0]) / out, float(spacing[1]) / out
+
+
+def check_resampled_size(shape: Sequence[int], out_shape: Sequence[int], factors: Sequence[float],
+                         spacing: Sequence[float] | None, scale: float, name: str | None = None) -> None:
+    """Refuse a resampling whose factor or result is implausible (damaged pixel spacing or scale)."""
+    shown = "unknown" if spacing is None else f"{float(spacing[0]):g} x {float(spacing[1]):g} mm"
+    if not all(1.0 / MAX_RESAMPLE_FACTOR <= f <= MAX_RESAMPLE_FACTOR for f in factors):
+        raise PreprocessError(
+            f"{_label(name)}: resampling pixels of {shown} to {output_spacing(scale):g} mm (scale {scale:g}) changes the "
+            f"size by {max(factors, key=lambda f: abs(np.log(f))):.3g}x, beyond {MAX_RESAMPLE_FACTOR:g}x; "
+            "the pixel spacing or the scale is wrong"
+        )
+    if min(out_shape) < MIN_OUTPUT_SIDE or max(out_shape) > MAX_OUTPUT_SIDE:
+        raise PreprocessError(
+            f"{_label(name)}: the {shape[0]}x{shape[1]} crop resampled from {shown} to {output_spacing(scale):g} mm would "
+            f"be {out_shape[0]}x{out_shape[1]} pixels (allowed {MIN_OUTPUT_SIDE}-{MAX_OUTPUT_SIDE} per side); "
+            "the pixel spacing or the scale is wrong"
+        )
 
 
 def resize(arr: np.ndarray, shape: tuple[int, int], kind: Literal["image", "mask", "linear"] = "image") -> np.ndarray:
@@ -290,6 +381,7 @@ def preprocess_image(
     :func:`preprocess_manifest` once the view is known (see :func:`place_window`).
     """
     arr = _check_image(pixels, name)
+    check_not_noise(arr, name)
     seg = segment_breast(arr, name=name)
     x0, y0, x1, y1 = seg.box
     crop = arr[y0:y1, x0:x1]
@@ -304,6 +396,7 @@ def preprocess_image(
         mask = mask[:, ::-1]
     fy, fx = resample_factors(spacing, scale)
     out_shape = (max(1, int(round(crop.shape[0] * fy))), max(1, int(round(crop.shape[1] * fx))))
+    check_resampled_size(crop.shape, out_shape, (fy, fx), spacing, scale, name)
     image = resize(crop, out_shape, "image").astype(np.float32)
     mask_out = resize(mask, out_shape, "mask")
     record: dict[str, Any] = {

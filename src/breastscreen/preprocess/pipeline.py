@@ -3,10 +3,15 @@
 Output folder layout (``out_dir``)::
 
     manifest.jsonl                      exams that succeeded, pointing at the files below
-    errors.csv                          exam_id, view, path, status (failed|excluded), reason
-    images/<exam_id>_<VIEW>[_k].png             preprocessed image (16-bit PNG; 8-bit for 8-bit US)
-    images/<exam_id>_<VIEW>[_k]_breastmask.png  breast (MG) or field-of-view (US) mask, 0/255
-    images/<exam_id>_<VIEW>[_k]_mask_<label>_<i>.png  lesion masks moved into the same geometry
+    errors.csv                          exam_id, view, path, status (failed|excluded|warning), reason
+    images/<exam>_<VIEW>[_k].png             preprocessed image (16-bit PNG; 8-bit for 8-bit US)
+    images/<exam>_<VIEW>[_k]_breastmask.png  breast (MG) or field-of-view (US) mask, 0/255
+    images/<exam>_<VIEW>[_k]_mask_<label>_<i>.png  lesion masks moved into the same geometry
+    .breastscreen-output.json            marker: this folder belongs to ``preprocess``
+
+``<exam>`` is the exam id made safe for a file name (:func:`breastscreen.safety.safe_name`:
+``../../x`` becomes ``~2E~2E~2F~2E~2E~2Fx``); two ids whose names would collide (differing only in
+letter case) fail the second exam with an error naming both.
 
 Intensities are stored unchanged (rounded) when the loaded pixels lie in [0, 65535] — which
 is the case for 8-, 12- and 16-bit PNG and most DICOM — and ``preprocessing["intensity"]``
@@ -14,12 +19,15 @@ is ``{"mode": "original"}``. Otherwise they are mapped linearly onto 0..65535 an
 holds ``{"mode": "linear", "offset": a, "scale": b}`` with ``original = stored * b + a``.
 
 One bad image makes its whole exam an error (listed in errors.csv, left out of the manifest);
-the batch always goes on.
+the batch always goes on. A mammogram without a usable pixel spacing is resampled as if its
+pixels were :data:`~breastscreen.preprocess.mammo.DEFAULT_SPACING_MM` mm; its record holds
+``spacing_assumed_mm`` and errors.csv a ``warning`` row.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -32,10 +40,13 @@ from PIL import Image
 from breastscreen.data.manifest import read_manifest, write_manifest
 from breastscreen.data.types import ROI, Exam, ImageRef, LesionMask, Modality
 from breastscreen.errors import BreastscreenError, PreprocessError
+from breastscreen.outdir import check_output_owner, claim_output_dir
 from breastscreen.preprocess import mammo, ultrasound
 from breastscreen.preprocess.intensity import quantise
+from breastscreen.safety import assign_names, safe_name
 from breastscreen.utils import atomic_path
 
+logger = logging.getLogger("breastscreen")
 MANIFEST_NAME = "manifest.jsonl"
 ERRORS_NAME = "errors.csv"
 IMAGES_DIR = "images"
@@ -78,8 +89,9 @@ def load_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def _stem(exam_id: str, view: str, k: int) -> str:
-    return f"{exam_id}_{view}" + (f"_{k}" if k else "")
+def _stem(name: str, view: str, k: int) -> str:
+    """File stem of image ``k`` of ``view``; ``name`` is the exam's safe file name (never the raw id)."""
+    return f"{name}_{safe_name(view)}" + (f"_{k}" if k else "")
 
 
 def _outputs_exist(image: ImageRef) -> bool:
@@ -124,6 +136,10 @@ def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: 
     spacing = image.pixel_spacing or data.pixel_spacing
     res = mammo.preprocess_view(data.pixels, spacing, view, scale, suppress_background=suppress, name=image.path)
     rec = dict(res.record)
+    if spacing is None:
+        rec["spacing_assumed_mm"] = mammo.DEFAULT_SPACING_MM
+        if data.meta.get("spacing_rejected"):
+            rec["spacing_rejected"] = data.meta["spacing_rejected"]
     out_path = img_dir / f"{stem}.png"
     mask_path = img_dir / f"{stem}_breastmask.png"
     rec["intensity"] = save_png(res.image, out_path, bits=16)
@@ -189,26 +205,45 @@ def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef 
     return ImageRef(str(out_path.resolve()), None, image.pixel_spacing, masks, rois, rec, dict(image.meta)), None, digest
 
 
+def _spacing_warning(exam_id: str, view: str, image: ImageRef, new: ImageRef) -> dict[str, str] | None:
+    rec = new.preprocessing or {}
+    if "spacing_assumed_mm" not in rec:
+        return None
+    why = f" ({rec['spacing_rejected']} rejected as implausible)" if rec.get("spacing_rejected") else ""
+    return dict(exam_id=exam_id, view=view, path=image.path, status="warning",
+                reason=f"pixel spacing unknown{why}; assumed {rec['spacing_assumed_mm']} mm (documented default)")
+
+
 def preprocess_exam(
     exam: Exam,
     out_dir: str | os.PathLike[str],
     scale: float = 1.0,
     prior: dict[tuple[str, int | None], ImageRef] | None = None,
     suppress_background: bool = True,
+    name: str | None = None,
 ) -> ExamOutcome:
-    """Preprocess every image of one exam; any failing image makes the exam fail (never raises for data)."""
+    """Preprocess every image of one exam; any failing image makes the exam fail (never raises for data).
+
+    Output files are named after ``name``, the exam's safe file name (default
+    :func:`~breastscreen.safety.safe_name` of its id), so no exam id can place a file outside
+    ``out_dir``.
+    """
     img_dir = Path(out_dir) / IMAGES_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
     outcome = ExamOutcome(exam.exam_id, None)
     views: dict[str, list[ImageRef]] = {}
     failed = False
+    fname = name or safe_name(exam.exam_id)
     for view, images in exam.views.items():
         views[view] = []
         for k, image in enumerate(images):
-            stem = _stem(exam.exam_id, view, k)
+            stem = _stem(fname, view, k)
             reused = (prior or {}).get(_source_key(image))
             if reused is not None and _reusable(reused, image, scale):
                 views[view].append(reused)
+                warning = _spacing_warning(exam.exam_id, view, image, reused)
+                if warning:
+                    outcome.issues.append(warning)
                 continue
             try:
                 if exam.modality is Modality.US:
@@ -221,11 +256,20 @@ def preprocess_exam(
                         continue
                 else:
                     new = _preprocess_mg(image, view, stem, img_dir, scale, suppress_background)
+                    warning = _spacing_warning(exam.exam_id, view, image, new)
+                    if warning:
+                        outcome.issues.append(warning)
                 views[view].append(new)
             except (BreastscreenError, OSError, ValueError) as exc:
                 failed = True
                 outcome.issues.append(dict(exam_id=exam.exam_id, view=view, path=image.path,
                                            status="failed", reason=str(exc)))
+            except Exception as exc:  # noqa: BLE001 - one image's unexpected failure never stops the batch
+                logger.error("unexpected error preprocessing %s (exam %s, %s)", image.path, exam.exam_id, view,
+                             exc_info=exc)
+                failed = True
+                outcome.issues.append(dict(exam_id=exam.exam_id, view=view, path=image.path, status="failed",
+                                           reason=f"unexpected {type(exc).__name__}: {exc} (traceback in the error log)"))
     if not failed and not any(views.values()):
         failed = True
         outcome.issues.append(dict(exam_id=exam.exam_id, view="", path="", status="failed",
@@ -242,7 +286,8 @@ def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> list[Exam]:
     if not manifest.exists():
         return []
     if resume:
-        return read_manifest(manifest)
+        # Lines that cannot be read any more are simply preprocessed again.
+        return read_manifest(manifest, problems=[])
     if not overwrite:
         raise PreprocessError(
             f"{manifest} already exists; pass --resume to continue that run or --overwrite to replace it"
@@ -271,6 +316,7 @@ def preprocess_manifest(
     workers: int = 1,
     suppress_background: bool = True,
     progress: Callable[[ExamOutcome], None] | None = None,
+    input_problems: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[Exam], list[dict[str, str]]]:
     """Preprocess every exam into ``out_dir``; write ``manifest.jsonl`` and ``errors.csv`` there.
 
@@ -280,7 +326,11 @@ def preprocess_manifest(
     :class:`PreprocessError` for the first failed exam instead. An existing manifest in
     ``out_dir`` is refused unless ``resume`` (images already done are reused while their
     source file keeps the size and modification time recorded as ``source_size`` and
-    ``source_mtime_ns``; otherwise they are preprocessed again) or ``overwrite``. ``workers > 1`` preprocesses exams in parallel processes.
+    ``source_mtime_ns``; otherwise they are preprocessed again) or ``overwrite``. ``workers > 1``
+    preprocesses exams in parallel processes. ``input_problems`` (``(where, reason)``, e.g. manifest
+    lines that were refused) are listed in errors.csv as failed rows. ``out_dir`` must not belong
+    to another command (:func:`breastscreen.outdir.claim_output_dir`); issues with status
+    ``warning`` (assumed pixel spacing) do not fail their exam.
     """
     if not scale > 0:
         raise PreprocessError(f"--scale must be > 0, got {scale}")
@@ -289,14 +339,15 @@ def preprocess_manifest(
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     out = Path(out_dir)
+    check_output_owner(out, "preprocess")
     previous = _check_out_dir(out, resume, overwrite)
+    claim_output_dir(out, "preprocess")
     prior = {
         _source_key(ImageRef(img.preprocessing["source_path"], img.preprocessing.get("source_frame"))): img
         for ex in previous
         for _, img in ex.iter_images()
         if img.preprocessing and img.preprocessing.get("source_path")
     }
-    out.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, ExamOutcome] = {}
 
     def _done(o: ExamOutcome) -> None:
@@ -306,17 +357,31 @@ def preprocess_manifest(
         if progress is not None:
             progress(o)
 
+    names, clashes = assign_names([e.exam_id for e in exams])
+    for exam_id, reason in clashes.items():
+        _done(ExamOutcome(exam_id, None, [dict(exam_id=exam_id, view="", path="", status="failed", reason=reason)]))
+    todo = [e for e in exams if e.exam_id in names]
+
     if workers == 1:
-        for exam in exams:
-            _done(preprocess_exam(exam, out, scale, prior, suppress_background))
+        for exam in todo:
+            _done(preprocess_exam(exam, out, scale, prior, suppress_background, names[exam.exam_id]))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(preprocess_exam, e, out, scale, prior, suppress_background) for e in exams]
+            futures = {pool.submit(preprocess_exam, e, out, scale, prior, suppress_background, names[e.exam_id]): e
+                       for e in todo}
             for fut in as_completed(futures):
-                _done(fut.result())
+                try:
+                    outcome = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a crashed worker fails its exam, not the batch
+                    eid = futures[fut].exam_id
+                    logger.error("worker failed on exam %s", eid, exc_info=exc)
+                    outcome = ExamOutcome(eid, None, [dict(exam_id=eid, view="", path="", status="failed",
+                                                           reason=f"worker process failed: {type(exc).__name__}: {exc}")])
+                _done(outcome)
 
     exams_out: list[Exam] = []
-    issues: list[dict[str, str]] = []
+    issues: list[dict[str, str]] = [dict(exam_id="", view="", path=where, status="failed", reason=reason)
+                                    for where, reason in input_problems]
     seen: dict[str, tuple[str, str]] = {}
     for exam in exams:  # input order, so duplicates keep their first occurrence deterministically
         o = outcomes[exam.exam_id]

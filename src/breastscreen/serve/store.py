@@ -8,7 +8,13 @@ Tables:
 * ``job_events``: an append-only audit trail (submitted, claimed, requeued, done, failed,
   deleted, lease_lost) that tests and the load benchmark read to prove that no job ran twice
   to completion;
-* ``api_keys``: hashed API keys (see :mod:`breastscreen.serve.keys`).
+* ``api_keys``: hashed API keys (see :mod:`breastscreen.serve.keys`);
+* ``dicom_studies``: studies received by ``breastscreen dicom-node`` (see
+  :mod:`breastscreen.serve.dicom_studies`), each linked to the job that predicts it.
+
+Jobs have a ``kind`` (``exam`` for HTTP uploads, ``dicom`` for studies received by the DICOM
+node); a :class:`JobStore` opened with one kind submits, claims, counts and recovers only jobs of
+that kind, so the two front ends never run each other's jobs.
 
 A worker *claims* a job in one ``BEGIN IMMEDIATE`` transaction (queued, or running with an
 expired lease), renews the lease while it works and *completes* it only while it still holds
@@ -35,7 +41,9 @@ from breastscreen.errors import BreastscreenError
 
 DB_NAME = "breastscreen-serve.sqlite"
 JOB_STATES: tuple[str, ...] = ("queued", "running", "done", "failed")
-SCHEMA_VERSION = 1
+# 2: jobs.kind and the dicom_studies table (added in place to version-1 databases).
+SCHEMA_VERSION = 2
+JOB_KINDS: tuple[str, ...] = ("exam", "dicom")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,7 +66,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exam_ids TEXT NOT NULL DEFAULT '[]',
     modality TEXT,
     result TEXT,
-    error TEXT
+    error TEXT,
+    kind TEXT NOT NULL DEFAULT 'exam'
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
@@ -81,7 +90,31 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS dicom_studies (
+    study_key TEXT PRIMARY KEY,
+    uid_hash TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'submitted', 'sent', 'stored', 'send_failed', 'failed')),
+    calling_ae TEXT,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    n_instances INTEGER NOT NULL DEFAULT 0,
+    views TEXT NOT NULL DEFAULT '[]',
+    late INTEGER NOT NULL DEFAULT 0,
+    job_id TEXT UNIQUE,
+    submitted_at REAL,
+    complete_reason TEXT,
+    send_attempts INTEGER NOT NULL DEFAULT 0,
+    next_send_at REAL,
+    sent_at REAL,
+    send_error TEXT
+);
+CREATE INDEX IF NOT EXISTS dicom_studies_state ON dicom_studies (state);
 """
+# Run after _SCHEMA: a version-1 database gets the columns that later versions added.
+_MIGRATIONS: tuple[tuple[str, str, str], ...] = (
+    ("jobs", "kind", "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'exam'"),
+)
+_INDEXES_AFTER_MIGRATION = "CREATE INDEX IF NOT EXISTS jobs_kind_status ON jobs (kind, status, seq);"
 
 
 @dataclass
@@ -107,6 +140,7 @@ class Job:
     modality: str | None
     result: dict[str, Any] | None
     error: str | None
+    kind: str = "exam"
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -132,9 +166,16 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    """The SQLite job store of one data directory (see the module docstring)."""
+    """The SQLite job store of one data directory (see the module docstring).
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    ``kind`` selects the jobs this instance submits, claims, counts and recovers (``exam``: the
+    HTTP service; ``dicom``: the DICOM node).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], kind: str = "exam") -> None:
+        if kind not in JOB_KINDS:
+            raise BreastscreenError(f"job kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
+        self.kind = kind
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
@@ -142,14 +183,29 @@ class JobStore:
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise BreastscreenError(f"{self.path}: SQLite refused WAL mode (got {mode}); use a local file system")
-            con.executescript(_SCHEMA)
-            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() else None
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise BreastscreenError(
                     f"{self.path}: made by a newer breastscreen (schema {row[0]}, this one reads {SCHEMA_VERSION})"
                 )
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+                for table, column, ddl in _MIGRATIONS:
+                    columns = {r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()}
+                    if column not in columns:
+                        con.execute(ddl)
+                con.execute(_INDEXES_AFTER_MIGRATION)
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value="
+                            "excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                            (str(SCHEMA_VERSION),))
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     # ------------------------------------------------------------------ connections
 
@@ -200,16 +256,27 @@ class JobStore:
         """Queue a new job; False (nothing written) when ``max_queued`` jobs are already waiting."""
         with self.transaction() as con:
             if max_queued is not None:
-                waiting = con.execute("SELECT COUNT(*) FROM jobs WHERE status='queued'").fetchone()[0]
+                waiting = con.execute("SELECT COUNT(*) FROM jobs WHERE status='queued' AND kind=?",
+                                      (self.kind,)).fetchone()[0]
                 if waiting >= max_queued:
                     return False
-            con.execute(
-                "INSERT INTO jobs (id, owner, status, stage, created_at, n_files, upload_bytes, exam_ids, modality) "
-                "VALUES (?, ?, 'queued', 'queued', ?, ?, ?, ?, ?)",
-                (job_id, owner, time.time(), n_files, upload_bytes, json.dumps(exam_ids), modality),
-            )
-            self._event(con, job_id, "submitted")
+            self.insert_job(con, job_id, owner, n_files=n_files, upload_bytes=upload_bytes, exam_ids=exam_ids,
+                            modality=modality)
         return True
+
+    def insert_job(self, con: sqlite3.Connection, job_id: str, owner: str, *, n_files: int, upload_bytes: int,
+                   exam_ids: list[str], modality: str) -> None:
+        """Queue a job of this store's kind inside the caller's open transaction ``con``.
+
+        For callers that must queue a job atomically with their own bookkeeping (the DICOM node
+        marks a study submitted in the same transaction, so a study is never queued twice).
+        """
+        con.execute(
+            "INSERT INTO jobs (id, owner, status, stage, created_at, n_files, upload_bytes, exam_ids, modality, kind) "
+            "VALUES (?, ?, 'queued', 'queued', ?, ?, ?, ?, ?, ?)",
+            (job_id, owner, time.time(), n_files, upload_bytes, json.dumps(exam_ids), modality, self.kind),
+        )
+        self._event(con, job_id, "submitted")
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None."""
@@ -229,7 +296,8 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         """Number of jobs per state."""
         with self.connect() as con:
-            rows = con.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            rows = con.execute("SELECT status, COUNT(*) FROM jobs WHERE kind=? GROUP BY status",
+                               (self.kind,)).fetchall()
         out = {s: 0 for s in JOB_STATES}
         out.update({r[0]: int(r[1]) for r in rows})
         return out
@@ -237,18 +305,19 @@ class JobStore:
     def queue_position(self, job_id: str) -> int | None:
         """1-based position of a queued job in the queue (None when it is not queued)."""
         with self.connect() as con:
-            row = con.execute("SELECT seq FROM jobs WHERE id=? AND status='queued'", (job_id,)).fetchone()
+            row = con.execute("SELECT seq FROM jobs WHERE id=? AND status='queued' AND kind=?",
+                              (job_id, self.kind)).fetchone()
             if row is None:
                 return None
-            return int(con.execute("SELECT COUNT(*) FROM jobs WHERE status='queued' AND seq <= ?",
-                                   (row[0],)).fetchone()[0])
+            return int(con.execute("SELECT COUNT(*) FROM jobs WHERE status='queued' AND kind=? AND seq <= ?",
+                                   (self.kind, row[0])).fetchone()[0])
 
     def mean_run_seconds(self, last: int = 20) -> float | None:
         """Mean wall time of the last ``last`` finished jobs (None before any finished)."""
         with self.connect() as con:
             rows = con.execute(
-                "SELECT finished_at - started_at FROM jobs WHERE status='done' AND started_at IS NOT NULL "
-                "ORDER BY finished_at DESC LIMIT ?", (last,)).fetchall()
+                "SELECT finished_at - started_at FROM jobs WHERE status='done' AND kind=? AND started_at IS NOT NULL "
+                "ORDER BY finished_at DESC LIMIT ?", (self.kind, last)).fetchall()
         times = [float(r[0]) for r in rows if r[0] is not None and r[0] >= 0]
         return sum(times) / len(times) if times else None
 
@@ -262,8 +331,8 @@ class JobStore:
         with self.transaction() as con:
             while True:
                 row = con.execute(
-                    "SELECT id, attempts, status FROM jobs WHERE status='queued' OR "
-                    "(status='running' AND lease_expires < ?) ORDER BY seq LIMIT 1", (now,)
+                    "SELECT id, attempts, status FROM jobs WHERE kind=? AND (status='queued' OR "
+                    "(status='running' AND lease_expires < ?)) ORDER BY seq LIMIT 1", (self.kind, now)
                 ).fetchone()
                 if row is None:
                     return None
@@ -355,7 +424,8 @@ class JobStore:
     def recover(self) -> list[str]:
         """Requeue every running job (call only while holding the data-directory lock: their workers are gone)."""
         with self.transaction() as con:
-            rows = con.execute("SELECT id, attempts FROM jobs WHERE status='running'").fetchall()
+            rows = con.execute("SELECT id, attempts FROM jobs WHERE status='running' AND kind=?",
+                               (self.kind,)).fetchall()
             for r in rows:
                 con.execute("UPDATE jobs SET status='queued', stage='queued', stage_fraction=0, fraction=0, "
                             "lease_owner=NULL, lease_expires=NULL WHERE id=?", (r["id"],))

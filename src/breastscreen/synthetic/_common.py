@@ -185,18 +185,20 @@ def prepare_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     and masks written by an earlier run) are removed so a smaller cohort leaves no stale
     exams behind; any other file in the folder is left alone.
     """
+    from breastscreen.outdir import MARKER_NAME, check_output_owner, claim_output_dir
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BreastscreenError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    check_output_owner(out, "synth")  # never another command's folder, even with overwrite
+    if out.is_dir() and any(p.name != MARKER_NAME for p in out.iterdir()):
         if not overwrite:
             raise BreastscreenError(
                 f"output folder {out} is not empty; choose an empty or new folder, or pass overwrite "
                 "(--overwrite) to replace a previous synthetic cohort there"
             )
         _remove_previous_output(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return claim_output_dir(out, "synth")
 
 
 def _remove_previous_output(out: Path) -> None:

@@ -89,6 +89,9 @@ def prepare_run_dir(run_dir: str | Path, resume: bool = False, overwrite: bool =
     if resume:
         if not (run_dir / STATE_FILE).is_file():
             raise RunDirError(f"cannot resume: {run_dir / STATE_FILE} does not exist (no completed epoch)")
+        from breastscreen.outdir import remove_stale_temp_files
+
+        remove_stale_temp_files(run_dir)  # .bstmp-* files a killed run left behind
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
