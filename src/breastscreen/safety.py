@@ -239,6 +239,23 @@ def loads_json(text: str | bytes, what: str, *, max_bytes: int = MAX_JSON_BYTES,
         raise ValueError(f"{what}: {exc}") from None
 
 
+def read_user_text(path: str | os.PathLike[str], what: str, max_bytes: int,
+                   error: type[BreastscreenError] = BreastscreenError) -> str:
+    """The text of a user file (CSV, manifest ...): regular file, at most ``max_bytes``, UTF-8 or
+    UTF-16/32 with a byte-order mark (:func:`decode_text`), no NUL bytes; ``error`` names the file."""
+    st = check_regular_file(path, error)
+    if st.st_size > max_bytes:
+        raise error(f"{path}: {what} of {st.st_size:,} bytes, above the limit of {max_bytes:,}")
+    try:
+        with open(path, "rb") as fh:
+            text = decode_text(fh.read(), f"{path}: {what}")
+    except ValueError as exc:
+        raise error(str(exc)) from None
+    if "\0" in text:
+        raise error(f"{path}: {what} holds NUL bytes (a binary file, or UTF-16 text without a byte-order mark?)")
+    return text
+
+
 def decode_text(data: bytes, what: str) -> str:
     """Text of a user file: UTF-8 (with or without BOM) or UTF-16/32 with a BOM; else a clear ``ValueError``.
 

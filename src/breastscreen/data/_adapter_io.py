@@ -38,19 +38,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a dataset table as stripped text; extra unnamed fields are kept under ``_extra``."""
     import io
 
-    from breastscreen.safety import check_regular_file, decode_text
+    from breastscreen.safety import read_user_text
 
     if not path.exists():
         raise ManifestError(f"{path}: table not found")
-    st = check_regular_file(path, ManifestError)
-    if st.st_size > MAX_TABLE_BYTES:
-        raise ManifestError(f"{path}: table of {st.st_size:,} bytes, above the limit of {MAX_TABLE_BYTES:,}")
-    try:
-        text = decode_text(path.read_bytes(), str(path))
-    except ValueError as exc:
-        raise ManifestError(str(exc)) from None
-    if "\0" in text:
-        raise ManifestError(f"{path}: table holds NUL bytes (a binary file?)")
+    text = read_user_text(path, "table", MAX_TABLE_BYTES, ManifestError)
     rows = []
     for row in csv.DictReader(io.StringIO(text, newline=""), restkey="_extra"):
         clean = {}

@@ -99,18 +99,9 @@ def _csv_rows(path: Path, what: str) -> csv.DictReader:
     """A DictReader over a user CSV: regular file, size limit, UTF-8/UTF-16 text (clear errors otherwise)."""
     import io
 
-    from breastscreen.safety import check_regular_file, decode_text
+    from breastscreen.safety import read_user_text
 
-    st = check_regular_file(path, ManifestError)
-    if st.st_size > MAX_CSV_BYTES:
-        raise ManifestError(f"{path}: {what} of {st.st_size:,} bytes, above the limit of {MAX_CSV_BYTES:,}")
-    try:
-        text = decode_text(path.read_bytes(), str(path))
-    except ValueError as exc:
-        raise ManifestError(str(exc)) from None
-    if "\0" in text:
-        raise ManifestError(f"{path}: {what} holds NUL bytes (a binary file?)")
-    return csv.DictReader(io.StringIO(text, newline=""))
+    return csv.DictReader(io.StringIO(read_user_text(path, what, MAX_CSV_BYTES, ManifestError), newline=""))
 
 
 def read_mapping_csv(path: str | os.PathLike[str], root: str | os.PathLike[str],

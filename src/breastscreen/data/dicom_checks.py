@@ -221,12 +221,16 @@ def native_bytes_needed(module: PixelModule) -> int:
     return (bits + 7) // 8
 
 
+def _pixel_data(ds: Any, path: str) -> Any:
+    try:
+        return ds.get("PixelData")
+    except Exception as exc:  # noqa: BLE001 - deferred reads of damaged files fail in many ways
+        raise ImageReadError(f"{path}: unreadable PixelData ({type(exc).__name__}: {exc})") from None
+
+
 def check_native_length(ds: Any, path: str, module: PixelModule) -> None:
     """Native pixel data shorter than the header promises is an error (a truncated or cut copy)."""
-    try:
-        data = ds.get("PixelData")
-    except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"{path}: unreadable PixelData ({type(exc).__name__}: {exc})") from None
+    data = _pixel_data(ds, path)
     if data is None:
         return
     need = native_bytes_needed(module)
@@ -353,10 +357,7 @@ def _check_rle(buf: bytes, path: str, module: PixelModule) -> None:
 
 def check_encapsulated(ds: Any, path: str, module: PixelModule, syntax: str) -> None:
     """Check encapsulated pixel data against the header before decoding (see the module doc)."""
-    try:
-        data = ds.get("PixelData")
-    except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"{path}: unreadable PixelData ({type(exc).__name__}: {exc})") from None
+    data = _pixel_data(ds, path)
     if data is None:
         return
     data = bytes(data)

@@ -252,24 +252,18 @@ def read_manifest(
     ``allow_outside_paths``. With a ``problems`` list, a bad line is appended there as
     ``(where, reason)`` and skipped instead of failing the whole file.
     """
-    from breastscreen.safety import check_regular_file, decode_text
+    from breastscreen.safety import read_user_text
 
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest file not found")
-    st = check_regular_file(path, ManifestError)
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path}: manifest of {st.st_size:,} bytes, above the limit of {MAX_MANIFEST_BYTES:,}")
+    text = read_user_text(path, "manifest", MAX_MANIFEST_BYTES, ManifestError)
     base = path.resolve().parent
     allowed: list[str] | None = None
     if not allow_outside_paths:
         allowed = [str(base), *(str(Path(r).resolve()) for r in roots)]
         if use_roots_file:
             allowed += _sidecar_roots(path)
-    try:
-        text = decode_text(path.read_bytes(), str(path))
-    except ValueError as exc:
-        raise ManifestError(str(exc)) from None
     exams: list[Exam] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):

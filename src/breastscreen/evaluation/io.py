@@ -74,20 +74,12 @@ def read_table(path: str | os.PathLike[str], what: str) -> pd.DataFrame:
     """Read a CSV with every column as text (ids keep leading zeros); clear error when missing/empty."""
     import io
 
-    from breastscreen.safety import check_regular_file, decode_text
+    from breastscreen.safety import read_user_text
 
     path = Path(path)
     if not path.exists():
         raise EvaluationInputError(f"{what} file not found: {path}")
-    st = check_regular_file(path, EvaluationInputError)
-    if st.st_size > MAX_TABLE_BYTES:
-        raise EvaluationInputError(f"{path}: {what} CSV of {st.st_size:,} bytes, above the limit of {MAX_TABLE_BYTES:,}")
-    try:
-        text = decode_text(path.read_bytes(), f"{path}: {what} CSV")
-    except ValueError as exc:
-        raise EvaluationInputError(str(exc)) from None
-    if "\0" in text:
-        raise EvaluationInputError(f"{path}: {what} CSV holds NUL bytes (a binary file?)")
+    text = read_user_text(path, f"{what} CSV", MAX_TABLE_BYTES, EvaluationInputError)
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
