@@ -57,8 +57,7 @@ def serve_command(
     from breastscreen.serve.config import ServeConfig
 
     level = log_level.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise typer.BadParameter(f"must be debug, info, warning or error, got {log_level!r}", param_hint="--log-level")
+    check_log_level(level, log_level)
     config = ServeConfig(
         models=tuple(model), patch_model=patch_model, data_dir=data_dir, host=host, port=port, workers=workers,
         device=device, tta=tta, seed=seed, batch_size=batch_size, max_upload_bytes=int(max_upload_mb * 1024**2),
@@ -68,12 +67,7 @@ def serve_command(
     if config.workers < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--workers")
     _check_model_refs(list(model) + ([patch_model] if patch_model else []))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("breastscreen.serve")
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
+    setup_logging(level)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: listening on {host}: other machines can reach this service; put it behind TLS "
                     "(a reverse proxy) before sending patient data over a network", err=True, fg=typer.colors.YELLOW)
@@ -146,3 +140,19 @@ def register(app: typer.Typer) -> None:
     keys_app.command("list")(keys_list)
     keys_app.command("revoke")(keys_revoke)
     app.add_typer(keys_app, name="keys")
+
+
+def check_log_level(level: str, given: str) -> None:
+    """Refuse a ``--log-level`` that is not debug, info, warning or error."""
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(f"must be debug, info, warning or error, got {given!r}", param_hint="--log-level")
+
+
+def setup_logging(level: str) -> None:
+    """Send the service's and the node's log lines (``breastscreen.serve``) to stderr at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("breastscreen.serve")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False

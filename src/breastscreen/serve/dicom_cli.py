@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import List, Optional
@@ -50,12 +49,11 @@ def dicom_node_command(
     Research software: not for clinical use.
     """
     from breastscreen.errors import BreastscreenError
-    from breastscreen.serve.cli import _check_model_refs
+    from breastscreen.serve.cli import _check_model_refs, check_log_level, setup_logging
     from breastscreen.serve.dicom_node import DicomNode, NodeConfig
 
     level = log_level.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise typer.BadParameter(f"must be debug, info, warning or error, got {log_level!r}", param_hint="--log-level")
+    check_log_level(level, log_level)
     if max_instance_mb <= 0:
         raise typer.BadParameter(f"must be > 0, got {max_instance_mb}", param_hint="--max-instance-mb")
     config = NodeConfig(
@@ -65,12 +63,7 @@ def dicom_node_command(
         max_pixels=max_pixels, device=device, tta=tta, seed=seed,
     )
     _check_model_refs(list(model) + ([patch_model] if patch_model else []))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("breastscreen.serve")
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
+    setup_logging(level)
     # pynetdicom's INFO/DEBUG output can dump data set contents (patient data): warnings only.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if host not in ("127.0.0.1", "localhost", "::1"):
