@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ from breastscreen.data.adapters import (
     adapt_mini_mias,
     adapt_vindr,
     parse_mias_info,
+    vindr_kind,
 )
 from breastscreen.data.bags import breast_bags
+from breastscreen.data.lesions import exam_lesions, lesion_region, lesion_summary
 from breastscreen.data.manifest import read_manifest
 from breastscreen.data.readers import load_image
 from breastscreen.data.types import BreastLabel
@@ -65,6 +68,22 @@ def test_mini_mias_fixture_rules(tmp_path: Path) -> None:
     assert e2.views["L-MLO"][0].meta["findings_without_location"] == [{"class": "CALC", "severity": "M"}]
     assert e2.labels["R"].benign == 1 and e2.labels["R"].malignant == 1
     assert e2.views["R-MLO"][0].rois[0].box == (0, 0, 41, 55)  # clipped at the top-left corner
+    # lesions: a circle ROI and a mask per located finding, both with the finding's position as id
+    assert roi.circle == (535.0, 599.0, 197.0) and roi.lesion_id == "1" and roi.kind == "mass"
+    (rec,) = exam_lesions(e1)
+    assert (rec.lesion_id, rec.outcome, rec.kind, rec.shape, rec.circle) == (
+        "1", "benign", "mass", "mask", (535.0, 599.0, 197.0))
+    r_mlo = e2.views["R-MLO"][0]
+    assert [(r.lesion_id, r.label, r.kind, r.circle) for r in r_mlo.rois] == [
+        ("1", "malignant", "mass", (10.0, 24.0, 30.0)), ("2", "benign", "mass", (500.0, 524.0, 5.0))]
+    assert [m.lesion_id for m in r_mlo.masks] == ["1", "2"]
+    # the circle region equals the written mask, pixel for pixel (also where the circle is clipped)
+    for rec in exam_lesions(e2):
+        circle = replace(rec, shape="circle", mask_path=None)
+        mask = load_image(rec.mask_path).pixels > 0
+        assert np.array_equal(lesion_region(circle, (1024, 1024)), mask) and mask.sum() > 0
+    no_masks = adapt_mini_mias(root)
+    assert [(r.shape, r.lesion_id) for r in exam_lesions(no_masks[1])] == [("circle", "1"), ("circle", "2")]
     assert e2.density == "C" and e1.density == "B"
     info = adapt_mini_mias(root, side_convention="info")
     assert Path(info[0].views["R-MLO"][0].path).name == "mdb001.png"
@@ -89,6 +108,9 @@ def test_mini_mias_real_counts(shared_data: Path) -> None:
     both = [i for e, v, i in images if e.labels[v[0]].benign == 1 and e.labels[v[0]].malignant == 1]
     assert [i.meta["mias_ref"] for i in both] == ["mdb144"]
     assert sum(len(i.rois) for _, _, i in images) == 119
+    summary = lesion_summary(exams)
+    assert summary["lesions"] == 119 and summary["by_shape"]["circle"] == 119 and not summary["errors"]
+    assert summary["by_outcome"]["unknown"] == 0
 
 
 # ---------------------------------------------------------------- BUS-BRA
@@ -117,6 +139,10 @@ def test_bus_bra_fixture(tmp_path: Path) -> None:
     assert [i.meta["panel"] for i in bag[1]] == ["left", "right"]
     assert bag[1][1].rois[0].box == (25, 15, 30, 20)  # clipped to the real 30x20 image
     assert bag[1][0].masks[0].label == "malignant"
+    # mask and BBOX are one lesion (id "1"): the mask's region, the box kept
+    recs = exam_lesions(e1)
+    assert [(r.lesion_id, r.shape, r.box, r.kind) for r in recs] == [
+        ("1", "mask", (5, 6, 15, 14), "lesion"), ("1", "mask", (25, 15, 30, 20), "lesion")]
     assert breast_bags(exams[1])[0][2].benign == 1
     assert e1.labels == {"U": BreastLabel(0, 1)} and "label_U" not in e1.meta
 
@@ -198,6 +224,9 @@ def test_cbis_ddsm_fixture(tmp_path: Path) -> None:
     assert mask.path.endswith("1-2.dcm") and mask.label == "benign" and mask.kind == "mass"
     assert e.density == "D" and e.birads == "5" and e.meta["splits"] == ["test", "train"]
     assert e.views["R-MLO"][0].meta["abnormalities"][0]["calc_type"] == "PLEOMORPHIC"
+    assert mask.lesion_id == "1"
+    assert [(r.view, r.lesion_id, r.outcome, r.kind, r.shape) for r in exam_lesions(e)] == [
+        ("L-CC", "1", "benign", "mass", "mask")]
     assert len(problems) == 1 and "P_00002" in problems[0][0]
     with pytest.raises(ManifestError, match="not found"):
         adapt_cbis_ddsm(root)
@@ -240,6 +269,12 @@ def test_vindr_fixture(tmp_path: Path) -> None:
     (finding,) = s1.views["R-CC"][0].meta["findings"]
     assert finding == {"categories": ["Mass", "Suspicious Calcification"], "birads": "4", "box": [1, 2, 9, 9]}
     assert "findings" not in s1.views["L-CC"][0].meta
+    # the boxed finding is also an ROI of unknown outcome, clipped to the 12x16 image
+    (roi,) = s1.views["R-CC"][0].rois
+    assert (roi.box, roi.label, roi.kind, roi.lesion_id) == ((1, 2, 9, 9), None, "mass", "1")
+    assert [(r.key, r.outcome, r.shape) for r in exam_lesions(s1)] == [("s1/R-CC/0/1", None, "box")]
+    assert vindr_kind(["Suspicious Calcification"]) == "calcification"
+    assert vindr_kind(["Focal Asymmetry", "Architectural Distortion"]) == "other"
     assert len(problems) == 1 and problems[0][0].endswith("gone.dicom")
 
 
@@ -255,3 +290,12 @@ def test_cli_adapt_writes_manifest_and_report(tmp_path: Path) -> None:
     assert len(exams) == 2 and exams[0].views["L-MLO"][0].masks
     r = CliRunner().invoke(app, ["manifest", "adapt", "nope", str(root), "--out", str(tmp_path / "x.jsonl")])
     assert r.exit_code != 0 and "unknown dataset" in str(r.exception)
+
+
+def test_cbis_lesion_ids_stay_unique_on_one_image() -> None:
+    from breastscreen.data._adapt_mg import _cbis_lesion_ids
+
+    # the mass and calcification tables both number from 1; a repeat within one kind gets a suffix
+    got = _cbis_lesion_ids([("1", "mass"), ("1", "calcification"), ("2", "mass"), (None, "mass"),
+                            ("3", "mass"), ("3", "mass")])
+    assert got == ["mass-1", "calcification-1", "2", None, "mass-3-1", "mass-3-2"]

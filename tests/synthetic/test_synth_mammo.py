@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from breastscreen.data.lesions import exam_lesions
 from breastscreen.data.manifest import read_manifest
 from breastscreen.data.types import MG_VIEWS
 from breastscreen.errors import BreastscreenError
@@ -180,6 +181,15 @@ def test_labels_birads_and_prevalence(cohort: tuple[Path, list]) -> None:
             assert e.birads == worst
         n_masks = sum(len(i.masks) for _, i in e.iter_images())
         assert n_masks == 2 * len(findings)  # every finding is outlined in both views
+        # One lesion record per finding and view; the same id names the lesion in CC and MLO.
+        records = exam_lesions(e)
+        assert len(records) == n_masks and all(r.shape == "mask" and r.box is not None for r in records)
+        for side in ("L", "R"):
+            side_findings = [f for f in findings if f["side"] == side]
+            for angle in ("CC", "MLO"):
+                got = sorted((r.lesion_id, r.outcome, r.kind) for r in records if r.view == f"{side}-{angle}")
+                want = sorted((f"{side}{k}", f["label"], f["kind"]) for k, f in enumerate(side_findings, start=1))
+                assert got == want
     # Prevalence is tracked closely even in small cohorts (low-discrepancy assignment).
     n = 40
     mal = sum(int(_has_finding(draw_exam(1, i, prevalence=0.25, benign_prevalence=0.0), "malignant")) for i in range(n))

@@ -43,6 +43,7 @@ def test_manifest_bags_and_labels(cohort: tuple[Path, list]) -> None:
                 assert bool(img.masks) == img.meta["has_lesion"]
                 for m in img.masks:
                     assert m.label == ("malignant" if lab.malignant else "benign")
+                    assert m.lesion_id == f"{view[0]}1" and [r.lesion_id for r in img.rois] == [m.lesion_id]
 
 
 def test_images_8_bit_and_lesions_darker_than_surroundings(cohort: tuple[Path, list]) -> None:

@@ -157,12 +157,16 @@ def check_cmd(
         False, "--allow-outside-paths", help="Accept files outside the manifest's folder (and its roots file)."
     ),
 ) -> None:
-    """Validate a manifest against the schema and print a summary (exams, views, labels).
+    """Validate a manifest against the schema and print a summary (exams, views, labels, lesions).
 
     Exits with status 2 and a message naming the line and field when the manifest is invalid
     (including a path that leaves the manifest's folder), and status 1 when referenced files
-    are missing.
+    are missing or some lesion is invalid (mask and ROI of one lesion with conflicting
+    outcomes; with the file checks also an unreadable, empty or misfit mask, or a box or circle
+    outside its image).
     """
+    from breastscreen.data.lesions import format_lesion_summary, lesion_problems, lesion_summary
+
     exams = read_manifest(manifest, allow_outside_paths=allow_outside_paths)
     s = summarize(exams)
     mods = ", ".join(f"{n} {m}" for m, n in sorted(s["modalities"].items())) or "none"
@@ -184,6 +188,8 @@ def check_cmd(
     for name in ("benign", "malignant"):
         labels.add_row(name, *(str(s["labels"][(name, c)]) for c in ("1", "0", "unknown")))
     _out.print(labels)
+    lesions = lesion_summary(exams)
+    _out.print(format_lesion_summary(lesions), highlight=False)
 
     incomplete = s["incomplete"]
     if incomplete:
@@ -204,6 +210,16 @@ def check_cmd(
             )
             raise typer.Exit(1)
         _out.print("all referenced image and mask files exist")
+    # Reading every mask is the costly part, so it comes with the file checks; without them only
+    # the lesions' identity (conflicting outcomes) is checked.
+    bad_lesions = lesion_problems(exams) if files else lesions["errors"]
+    if bad_lesions:
+        _err.print(f"[red]{len(bad_lesions)} invalid lesions[/red]:", highlight=False)
+        for msg in bad_lesions[:show]:
+            _err.print(f"  {msg}", highlight=False, markup=False)
+        if len(bad_lesions) > show:
+            _err.print(f"  ... (+{len(bad_lesions) - show} more)", highlight=False)
+        raise typer.Exit(1)
 
 
 @manifest_app.command("import-nyu")

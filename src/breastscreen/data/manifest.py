@@ -80,11 +80,25 @@ def image_from_dict(d: dict[str, Any], base: Path) -> ImageRef:
         path=_abs(d["path"], base),
         frame=d.get("frame"),
         pixel_spacing=tuple(float(s) for s in spacing) if spacing else None,
-        masks=[LesionMask(_abs(m["path"], base), m["label"], m.get("kind")) for m in d.get("masks", [])],
-        rois=[ROI(tuple(r["box"]), r["label"], r.get("kind")) for r in d.get("rois", [])],
+        masks=[LesionMask(_abs(m["path"], base), m.get("label"), m.get("kind"), m.get("lesion_id"))
+               for m in d.get("masks", [])],
+        rois=[ROI(tuple(r["box"]), r.get("label"), r.get("kind"), r.get("lesion_id"),
+                  tuple(r["circle"]) if r.get("circle") is not None else None) for r in d.get("rois", [])],
         preprocessing=_map_preprocessing(d.get("preprocessing"), lambda p: _abs(p, base)),
         meta=dict(d.get("meta", {})),
     )
+
+
+def _lesion_part(out: dict[str, Any], kind: str | None, lesion_id: str | None,
+                 circle: list[float] | None = None) -> dict[str, Any]:
+    """Manifest form of a mask/ROI: optional keys only when set, so older manifests round-trip unchanged."""
+    if kind:
+        out["kind"] = kind
+    if lesion_id is not None:
+        out["lesion_id"] = lesion_id
+    if circle is not None:
+        out["circle"] = circle
+    return out
 
 
 def image_to_dict(image: ImageRef, base: Path) -> dict[str, Any]:
@@ -95,13 +109,13 @@ def image_to_dict(image: ImageRef, base: Path) -> dict[str, Any]:
     if image.pixel_spacing is not None:
         out["pixel_spacing"] = [float(s) for s in image.pixel_spacing]
     if image.masks:
-        out["masks"] = [
-            {"path": _rel(m.path, base), "label": m.label, **({"kind": m.kind} if m.kind else {})}
-            for m in image.masks
-        ]
+        out["masks"] = [_lesion_part({"path": _rel(m.path, base), "label": m.label}, m.kind, m.lesion_id)
+                        for m in image.masks]
     if image.rois:
         out["rois"] = [
-            {"box": list(r.box), "label": r.label, **({"kind": r.kind} if r.kind else {})} for r in image.rois
+            _lesion_part({"box": list(r.box), "label": r.label}, r.kind, r.lesion_id,
+                         circle=[float(v) for v in r.circle] if r.circle is not None else None)
+            for r in image.rois
         ]
     if image.preprocessing is not None:
         out["preprocessing"] = _map_preprocessing(image.preprocessing, lambda p: _rel(p, base))

@@ -15,6 +15,7 @@ relative to the manifest's folder (see :mod:`breastscreen.data.manifest`).
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -54,32 +55,91 @@ def view_angle(view: str) -> str:
 
 @dataclass
 class LesionMask:
-    """A binary lesion mask file aligned pixel-for-pixel with its image."""
+    """A binary lesion mask file aligned pixel-for-pixel with its image.
+
+    ``label`` is the biopsy outcome, ``"benign"`` or ``"malignant"``, or ``None`` when it is
+    unknown. ``lesion_id`` names the lesion within its image; a mask and an :class:`ROI` of the
+    same image with the same id are one lesion (see :mod:`breastscreen.data.lesions`).
+    """
 
     path: str
-    label: str  # "benign" or "malignant"
+    label: str | None  # "benign", "malignant" or None (outcome unknown)
     kind: str | None = None  # e.g. "mass", "calcification", "cyst"
+    lesion_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.label not in LESION_LABELS:
-            raise ValueError(f"mask label must be one of {LESION_LABELS}, got {self.label!r}")
+        if self.label is not None and self.label not in LESION_LABELS:
+            raise ValueError(f"mask label must be one of {LESION_LABELS} or None, got {self.label!r}")
+        _check_lesion_id(self.lesion_id)
+
+
+def _check_lesion_id(lesion_id: str | None) -> None:
+    if lesion_id is not None and (not isinstance(lesion_id, str) or not lesion_id):
+        raise ValueError(f"lesion_id must be a non-empty string or None, got {lesion_id!r}")
+
+
+def circle_box(cx: float, cy: float, r: float) -> tuple[int, int, int, int]:
+    """Bounding box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of a disc, clipped at 0 on the top/left.
+
+    The disc holds the pixels whose centre ``(col, row)`` lies within ``r`` of ``(cx, cy)``
+    (pixel ``(col, row)`` has its centre at those integer coordinates), so the box is
+    ``(floor(cx - r), floor(cy - r), floor(cx + r) + 1, floor(cy + r) + 1)``; for an integer
+    centre and radius that is exactly the disc's extent. Manifest boxes cannot be negative,
+    hence the clip at 0; the right/bottom edges are left for the caller to clip to the image.
+    """
+    if not all(math.isfinite(v) for v in (cx, cy, r)) or r < 0:
+        raise ValueError(f"circle must be a finite centre and a radius >= 0, got ({cx}, {cy}, {r})")
+    return (max(0, math.floor(cx - r)), max(0, math.floor(cy - r)), math.floor(cx + r) + 1, math.floor(cy + r) + 1)
 
 
 @dataclass
 class ROI:
-    """A lesion region as a box ``(x0, y0, x1, y1)`` in original-image pixels (x1, y1 exclusive)."""
+    """A lesion region as a box ``(x0, y0, x1, y1)`` in original-image pixels (x1, y1 exclusive).
+
+    ``circle`` = ``(cx, cy, r)`` in the image's pixels (centre column, centre row, radius) when
+    the region is a disc, as in mini-MIAS; the box must then be the disc's bounding box
+    (:func:`circle_box`), possibly clipped at the image's right/bottom edge.
+    :meth:`from_circle` builds such an ROI. ``label`` as in :class:`LesionMask` (None = unknown).
+    """
 
     box: tuple[int, int, int, int]
-    label: str
+    label: str | None
     kind: str | None = None
+    lesion_id: str | None = None
+    circle: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.label not in LESION_LABELS:
-            raise ValueError(f"ROI label must be one of {LESION_LABELS}, got {self.label!r}")
+        if self.label is not None and self.label not in LESION_LABELS:
+            raise ValueError(f"ROI label must be one of {LESION_LABELS} or None, got {self.label!r}")
+        _check_lesion_id(self.lesion_id)
         x0, y0, x1, y1 = self.box
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"ROI box must have x1 > x0 and y1 > y0, got {self.box}")
         self.box = (int(x0), int(y0), int(x1), int(y1))
+        if self.circle is not None:
+            cx, cy, r = (float(v) for v in self.circle)
+            self.circle = (cx, cy, r)
+            fx0, fy0, fx1, fy1 = circle_box(cx, cy, r)
+            bx0, by0, bx1, by1 = self.box
+            # The right/bottom edges may be clipped to the image, whose size an ROI does not know.
+            if (bx0, by0) != (fx0, fy0) or not (bx1 <= fx1 and by1 <= fy1):
+                raise ValueError(f"ROI box {self.box} is not the bounding box {(fx0, fy0, fx1, fy1)} of its "
+                                 f"circle {self.circle}")
+
+    @classmethod
+    def from_circle(cls, cx: float, cy: float, r: float, label: str | None, kind: str | None = None,
+                    lesion_id: str | None = None, *, shape: tuple[int, int] | None = None) -> "ROI":
+        """An ROI for the disc of centre ``(cx, cy)`` and radius ``r``, its box from :func:`circle_box`.
+
+        With ``shape`` = the image's (height, width), the box is also clipped at the right and
+        bottom edges; a disc entirely outside the image raises ``ValueError``.
+        """
+        x0, y0, x1, y1 = circle_box(float(cx), float(cy), float(r))
+        if shape is not None:
+            x1, y1 = min(x1, int(shape[1])), min(y1, int(shape[0]))
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"circle ({cx}, {cy}, {r}) lies outside the image")
+        return cls((x0, y0, x1, y1), label, kind, lesion_id, (float(cx), float(cy), float(r)))
 
 
 @dataclass

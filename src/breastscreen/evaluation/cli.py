@@ -25,15 +25,23 @@ def _parse_scales(items: list[str]) -> dict[str, str]:
 def evaluate_cmd(
     predictions: Path = typer.Option(..., "--predictions", "-p", help="Predictions CSV: exam_id, left_benign, "
                                      "left_malignant, right_benign, right_malignant (+ birads_0..2, entropy, cc_*/mlo_* "
-                                     "branch columns), or an image-level CSV with exam_id, view, benign, malignant."),
-    labels: Path = typer.Option(..., "--labels", "-l", help="Labels CSV (exam_id + the four label columns, 0/1/empty; "
-                                "optional patient_id, age, density, birads, device, ...) or a manifest .jsonl."),
+                                     "branch columns), or an image-level CSV with exam_id, view, benign, malignant; "
+                                     "with --level lesion a lesions.csv (exam_id, patient_id, view, image, lesion_id, "
+                                     "outcome, kind, malignant, benign)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Labels CSV (exam_id + the four label columns, "
+                                          "0/1/empty; optional patient_id, age, density, birads, device, ...) or a "
+                                          "manifest .jsonl. Required except with --level lesion, where it is an "
+                                          "optional manifest giving patient ids (the outcome column is the truth)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="--level lesion only: a second lesions.csv with "
+                                           "the same lesions (e.g. local-only vs local+global); adds the paired AUROC "
+                                           "difference with a bootstrap CI and a DeLong test."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for metrics.json, report.html and the PNG plots."),
     readers: Optional[Path] = typer.Option(None, "--readers", help="Reader study CSV: reader_id, exam_id, side, score "
                                            "(probability 0-1 or 0-100, or BI-RADS 1-5 with 4A/4B/4C)."),
     population: str = typer.Option("screening", help="screening (all), biopsied (exams with any finding, or the "
                                    "'biopsied' labels column), or the name of a 0/1 labels column."),
-    level: str = typer.Option("breast", help="breast (default), image or exam (exam: max over its breasts)."),
+    level: str = typer.Option("breast", help="breast (default), image, exam (exam: max over its breasts) or lesion "
+                              "(malignant vs benign lesions, TNR at FNR; --predictions is a lesions.csv)."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the percentile CIs (0 = none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
     subgroup: List[str] = typer.Option([], "--subgroup", help="Extra labels column to analyse by group (repeatable). "
@@ -61,17 +69,35 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/metrics.json."),
 ) -> None:
     """Evaluate predictions against labels: AUROC/AUPRC with bootstrap and DeLong CIs, operating points,
-    triage, BI-RADS macAUC, subgroups and a reader study; writes OUT/metrics.json, OUT/report.html and PNGs."""
-    from breastscreen.evaluation.evaluate import EvalConfig, evaluate
+    triage, BI-RADS macAUC, subgroups and a reader study (or, with --level lesion, lesion classification);
+    writes OUT/metrics.json, OUT/report.html and PNGs."""
+    from breastscreen.evaluation.evaluate import LEVELS, EvalConfig, evaluate
     from breastscreen.evaluation.io import EvaluationInputError, read_labels, read_predictions
     from breastscreen.evaluation.readers import read_readers
     from breastscreen.evaluation.report import write_outputs
 
     from breastscreen.outdir import check_output_owner
 
+    if level not in LEVELS + ("lesion",):
+        raise EvaluationInputError(f"level must be one of {', '.join(LEVELS + ('lesion',))}, got {level!r}")
     check_output_owner(out, "evaluate")
     if (out / "metrics.json").exists() and not overwrite:
         raise EvaluationInputError(f"{out / 'metrics.json'} exists; pass --overwrite to replace it")
+    if level == "lesion":
+        # Options that only make sense for breast/image/exam are refused rather than silently ignored.
+        unused = [name for name, given in (("--readers", readers is not None),
+                                           ("--val-predictions", val_predictions is not None),
+                                           ("--subgroup", bool(subgroup)),
+                                           ("--population", population != "screening")) if given]
+        if unused:
+            raise EvaluationInputError(f"{', '.join(unused)} do(es) not apply to --level lesion")
+        _evaluate_lesions(predictions, labels, compare, out, bootstrap, seed, overwrite)
+        return
+    if labels is None:
+        raise EvaluationInputError(f"--labels is required for --level {level} (only --level lesion takes the truth "
+                                   "from its predictions file)")
+    if compare is not None:
+        raise EvaluationInputError("--compare is only for --level lesion")
     cfg = EvalConfig(level=level, population=population, n_bootstrap=bootstrap, seed=seed,
                      thresholds=tuple(threshold), target_sensitivities=tuple(target_sensitivity),
                      target_specificities=tuple(target_specificity), triage_sensitivity=triage_sensitivity,
@@ -95,6 +121,26 @@ def evaluate_cmd(
     if main.get("value") is not None:
         ci = f" [{main['ci_low']:.3f}, {main['ci_high']:.3f}]" if main.get("ci_low") is not None else ""
         typer.echo(f"{level}-level malignant AUROC {main['value']:.4f}{ci}")
+    typer.echo(f"wrote {files['metrics']}, {files['report']} and {len(files) - 2} plot(s) to {out}")
+
+
+def _evaluate_lesions(predictions: Path, labels: Optional[Path], compare: Optional[Path], out: Path,
+                      bootstrap: int, seed: int, overwrite: bool) -> None:
+    """``evaluate --level lesion``: read the lesion file(s), compute, write outputs and print the summary."""
+    from rich.console import Console
+
+    from breastscreen.evaluation.lesion import evaluate_lesion_result, lesion_summary_lines, read_lesion_predictions
+    from breastscreen.evaluation.report import write_outputs
+
+    df = read_lesion_predictions(predictions, labels)
+    other = read_lesion_predictions(compare, labels) if compare is not None else None
+    with Console(stderr=True).status("computing lesion-level metrics and bootstrap ..."):
+        result = evaluate_lesion_result(df, bootstrap, seed, other)
+        files = write_outputs(result, out, overwrite=overwrite)
+    for w in result.warnings:
+        typer.secho(f"warning: {w}", err=True, fg=typer.colors.YELLOW)
+    for line in lesion_summary_lines(result.metrics):
+        typer.echo(line)
     typer.echo(f"wrote {files['metrics']}, {files['report']} and {len(files) - 2} plot(s) to {out}")
 
 

@@ -133,7 +133,7 @@ def _numeric(df: pd.DataFrame, col: str, lo: float | None, hi: float | None, wha
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise EvaluationInputError(
-            f"{_where(df)} line {i + 2}: {col} must be a probability in [{lo}, {hi}], got {arr[i]!r} "
+            f"{_where(df)} line {i + 2}: {col} must be a probability in [{lo}, {hi}], got {float(arr[i])!r} "
             f"({int(outside.sum())} value(s) outside the range in this column)"
         )
     return arr
@@ -149,9 +149,10 @@ def _check_ids(df: pd.DataFrame, what: str, key: tuple[str, ...] | None = ("exam
     dup = df.duplicated(list(key), keep="first")
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
+        # NumPy scalars would print as np.int64(0) in the message.
+        values = tuple(v.item() if isinstance(v, np.generic) else v for v in df.iloc[i][list(key)])
         raise EvaluationInputError(
-            f"{_where(df)} line {i + 2}: {what} repeats {'/'.join(key)} "
-            f"{tuple(df.iloc[i][list(key)])!r} ({int(dup.sum())} duplicate row(s))"
+            f"{_where(df)} line {i + 2}: {what} repeats {'/'.join(key)} {values!r} ({int(dup.sum())} duplicate row(s))"
         )
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # evaluate.py imports this module; the config is only needed 
 
 __all__ = [
     "binary_job",
+    "tnr_at_fnr_entries",
     "thresholds_info",
     "auc_pair_job",
     "difference_job",
@@ -54,12 +55,7 @@ def binary_job(y: np.ndarray, s: np.ndarray, cfg: EvalConfig, full: bool) -> Job
             for t in cfg.target_sensitivities:
                 for k, v in weighted_at_sensitivity(r, t, groups=g).items():
                     out[f"operating_points/sensitivity>={t:g}/{k}"] = v
-            for f in cfg.fnrs:
-                d = weighted_at_sensitivity(r, 1.0 - f, groups=g)
-                out[f"tnr_at_fnr/{f:g}/tnr"] = d["specificity"]
-                out[f"tnr_at_fnr/{f:g}/fnr"] = 1.0 - d["sensitivity"]
-                out[f"tnr_at_fnr/{f:g}/tn"] = d["tn"]
-                out[f"tnr_at_fnr/{f:g}/fn"] = d["fn"]
+            out.update(tnr_at_fnr_entries(r, g, cfg.fnrs))
             d = weighted_at_sensitivity(r, cfg.triage_sensitivity, groups=g)
             out["triage/rule_out/npv"] = d["npv"]
             out["triage/rule_out/fraction_dismissed"] = 1.0 - d["biopsy_rate"]
@@ -77,6 +73,18 @@ def binary_job(y: np.ndarray, s: np.ndarray, cfg: EvalConfig, full: bool) -> Job
         return out
 
     return fn
+
+
+def tnr_at_fnr_entries(r: RankedScores, g: GroupCounts, fnrs: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """``tnr_at_fnr/<f>/{tnr,fnr,tn,fn}`` per row of ``g``: the threshold is re-matched in every resample."""
+    out = {}
+    for f in fnrs:
+        d = weighted_at_sensitivity(r, 1.0 - f, groups=g)
+        out[f"tnr_at_fnr/{f:g}/tnr"] = d["specificity"]
+        out[f"tnr_at_fnr/{f:g}/fnr"] = 1.0 - d["sensitivity"]
+        out[f"tnr_at_fnr/{f:g}/tn"] = d["tn"]
+        out[f"tnr_at_fnr/{f:g}/fn"] = d["fn"]
+    return out
 
 
 def thresholds_info(y: np.ndarray, s: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:

@@ -22,7 +22,12 @@ def make_plots(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> dic
     out = Path(out_dir)
     c, m = result.curves, result.metrics
     made: dict[str, Path] = {}
-    if c["tasks"]:
+    if c["tasks"] and c.get("level") == "lesion":
+        # The lesion section is flat (no task level); give the plot the task-keyed view it expects.
+        le = m.get("lesion", {})
+        view = {"lesion": {"malignant_vs_benign": le, "compare": le.get("compare", {})}}
+        made["roc_pr"] = plots.plot_roc_pr(c, view, out / "roc_pr.png")
+    elif c["tasks"]:
         made["roc_pr"] = plots.plot_roc_pr(c, m, out / "roc_pr.png")
     if "readers" in c and c["readers"]["readers"]:
         made["readers_roc_pr"] = plots.plot_reader_roc_pr(c, m, out / "readers_roc_pr.png")
@@ -73,6 +78,8 @@ def render_html(result: EvaluationResult, images: dict[str, Path]) -> str:
     if meta["warnings"]:
         parts.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in meta["warnings"])
                      + "</ul></div>")
+    if level == "lesion":
+        return _page(parts + _lesion_parts(m, images))
     rows = []
     for task, t in m.get(level, {}).items():
         rows.append([task.replace("_", " "), _f(t.get("n")), _f(t.get("n_positive")), _ci(t.get("auroc")),
@@ -177,6 +184,50 @@ def render_html(result: EvaluationResult, images: dict[str, Path]) -> str:
                                                     "benign AUROC"], srow))
         if "subgroups" in images:
             parts.append(_img(images["subgroups"]))
+    return _page(parts)
+
+
+def _lesion_parts(m: dict[str, Any], images: dict[str, Path]) -> list[str]:
+    """Report body of a lesion-level evaluation: counts, AUCs, TNR at FNR (Table 2), kinds, comparison."""
+    le = m.get("lesion", {})
+    cmp_ = le.get("compare")
+    dci = (le.get("auroc") or {}).get("delong")
+    parts = ["<h2>Lesions: malignant vs benign</h2>" + _table(
+        ["lesions", "evaluated", "malignant", "benign", "unknown (excluded)", "patients", "AUROC [CI]", "DeLong CI",
+         "AUPRC [CI]"],
+        [[_f(le.get("n_lesions")), _f(le.get("n")), _f(le.get("n_malignant")), _f(le.get("n_benign")),
+          _f(le.get("n_unknown")), _f(le.get("n_patients")), _ci(le.get("auroc")),
+          f"{_f(dci['ci_low'])}–{_f(dci['ci_high'])}" if dci else "–", _ci(le.get("auprc"))]])]
+    if "roc_pr" in images:
+        parts.append(_img(images["roc_pr"]))
+    tnr, ctnr = le.get("tnr_at_fnr", {}), (cmp_ or {}).get("tnr_at_fnr", {})
+    if tnr:
+        header = ["max FNR", "threshold", "TNR [CI]", "achieved FNR", "missed cancers"]
+        if ctnr:
+            header += ["compare: TNR [CI]"]
+        rows = [[k, _f(v.get("threshold"), 4), _ci(v.get("tnr")), _ci(v.get("fnr")), _f(v.get("fn"), 0)]
+                + ([_ci(ctnr.get(k, {}).get("tnr"))] if ctnr else []) for k, v in tnr.items()]
+        parts.append("<h3>Benign lesions spared at a fixed false-negative rate (TNR at FNR)</h3>"
+                     + _table(header, rows))
+    kinds = le.get("by_kind", {})
+    if kinds:
+        parts.append("<h3>By lesion kind</h3>" + _table(
+            ["kind", "n", "malignant", "benign", "AUROC [CI]"],
+            [[html.escape(k), _f(v.get("n")), _f(v.get("n_malignant")), _f(v.get("n_benign")), _ci(v.get("auroc"))]
+             for k, v in kinds.items()]))
+    if cmp_:
+        dl = cmp_.get("delong") or {}
+        parts.append(f"<h3>Comparison with {html.escape(str(cmp_.get('source')))}</h3>" + _table(
+            ["compare AUROC [CI]", "AUROC difference (this − compare) [bootstrap CI]", "DeLong difference [CI]",
+             "DeLong p (2-sided)", "AUPRC difference [CI]"],
+            [[_ci(cmp_.get("auroc")), _ci(cmp_.get("auroc_difference")),
+              f"{_f(dl.get('difference'), 4)} [{_f(dl.get('ci_low'))}, {_f(dl.get('ci_high'))}]" if dl else "–",
+              _f(dl.get("p_value"), 4), _ci(cmp_.get("auprc_difference"))]]))
+    return parts
+
+
+def _page(parts: list[str]) -> str:
+    """Wrap report sections into one self-contained HTML page."""
     style = ("body{font-family:system-ui,Arial,sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:0.6em 0 1.2em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
              "th{background:#f0f0f0}small{color:#666}.warn{background:#fff4e5;border:1px solid #f0b070;padding:0.5em 1em}"

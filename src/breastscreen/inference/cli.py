@@ -1,4 +1,4 @@
-"""CLI commands of this stage: ``breastscreen heatmaps`` and ``breastscreen predict``."""
+"""CLI commands of this stage: ``breastscreen heatmaps``, ``breastscreen predict`` and ``predict-lesions``."""
 
 from __future__ import annotations
 
@@ -142,7 +142,53 @@ def predict_command(
         raise typer.Exit(1)
 
 
+def predict_lesions_command(
+    manifest: Path = typer.Argument(..., help="PREPROCESSED manifest whose images carry lesion records (masks, boxes "
+                                    "or circles; see docs/data.md)."),
+    patch_model: str = typer.Option(..., "--patch-model", help="Local module f_loc: a patch classifier with an "
+                                    "embedding (train patch model=densenet161-patch-embed)."),
+    context_model: Optional[str] = typer.Option(None, "--context-model", help="Global context network (train context); "
+                                                "needed when the lesion model uses saliency maps."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Lesion model f_agg (train lesion). Without it the "
+                                        "prediction is local only (f_loc alone), for comparison."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for lesions.csv, errors.csv, run.json, lesions/."),
+    windows: Optional[int] = typer.Option(None, "--windows", help="Windows per lesion (default: the model's, 100)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the window draw (default: the model's)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="One PNG per lesion in OUT/lesions/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a run in --out, reusing its cached features."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace lesions.csv of an earlier run in --out."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
+    ),
+) -> None:
+    """Classify every outlined lesion as malignant or benign (Wu et al. 2020).
+
+    For each lesion, windows of 128-384 px (scaled) overlapping its region go through f_loc; with
+    --model their embeddings, the window's location and the image's global saliency maps go
+    through f_agg. Per-window malignant/benign scores are normalised to sum to one and averaged.
+    Writes OUT/lesions.csv (input of `breastscreen evaluate --level lesion`), OUT/errors.csv (lesions
+    that could not be scored, e.g. a region outside the image or an empty mask; the others go on),
+    OUT/run.json and one picture per lesion. Exit status 1 when any lesion failed.
+    Research software: not for clinical use.
+    """
+    from breastscreen.inference.lesion_runner import predict_lesions
+
+    run = predict_lesions(manifest, out, patch_model, context_model, model, device=device, windows=windows, seed=seed,
+                          pictures=pictures, overwrite=overwrite, resume=resume,
+                          allow_outside_paths=allow_outside_paths)
+    typer.echo(f"scored {len(run.rows)} lesion(s), {len(run.errors)} failed -> {out / 'lesions.csv'}")
+    for exam_id, view, k, lesion_id, reason in run.errors[:20]:
+        typer.secho(f"  failed {exam_id} {view} {k} {lesion_id}: {reason}", err=True, fg=typer.colors.YELLOW)
+    if not run.rows:
+        raise BreastscreenError(f"0 lesions scored: no usable lesion record in {manifest}"
+                                + (f" ({len(run.errors)} failed, see {out / 'errors.csv'})" if run.errors else ""))
+    if run.errors:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to ``app``."""
     app.command("heatmaps")(heatmaps_command)
     app.command("predict")(predict_command)
+    app.command("predict-lesions")(predict_lesions_command)

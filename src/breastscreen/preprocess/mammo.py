@@ -475,6 +475,33 @@ def box_to_preprocessed(box: Sequence[int], record: dict[str, Any]) -> Box | Non
     return (max(0, out[0]), max(0, out[1]), min(ow, max(out[2], out[0] + 1)), min(oh, max(out[3], out[1] + 1)))
 
 
+def point_to_preprocessed(x: float, y: float, record: dict[str, Any]) -> tuple[float, float]:
+    """Map a point ``(x, y)`` = (column, row) in original pixels into preprocessed pixels (not clipped).
+
+    Pixel ``(col, row)`` has its centre at those integer coordinates (the convention of ROI
+    circles); the crop, flip and resample are those of :func:`box_to_preprocessed`.
+    """
+    (cx0, cy0, cx1, cy1), flipped, _, (oh, ow) = _record_geometry(record)
+    cw, ch = cx1 - cx0, cy1 - cy0
+    # Work on pixel edges (centre of pixel i = i + 0.5), where cropping, flipping and resizing are exact.
+    u, v = float(x) + 0.5 - cx0, float(y) + 0.5 - cy0
+    if flipped:
+        u = cw - u
+    return u * ow / cw - 0.5, v * oh / ch - 0.5
+
+
+def circle_to_preprocessed(circle: Sequence[float], record: dict[str, Any]) -> tuple[float, float, float]:
+    """Map a circle ``(cx, cy, r)`` in original pixels into preprocessed pixels (not clipped).
+
+    The radius is scaled by the geometric mean of the row and column resample factors (equal up
+    to rounding unless the input pixels are not square).
+    """
+    (cx0, cy0, cx1, cy1), _, _, (oh, ow) = _record_geometry(record)
+    px, py = point_to_preprocessed(circle[0], circle[1], record)
+    factor = float(np.sqrt((ow / (cx1 - cx0)) * (oh / (cy1 - cy0))))
+    return px, py, float(circle[2]) * factor
+
+
 def window_size(kind: str, scale: float) -> tuple[int, int]:
     """Fixed model window (h, w) at ``scale``: ``kind`` is ``"CC"``/``"MLO"`` (NYU) or ``"MVDCN"``."""
     if kind in NYU_WINDOWS:

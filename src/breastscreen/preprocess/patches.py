@@ -24,6 +24,7 @@ described by cheap :class:`PatchSpec` rows and cut out lazily with :func:`extrac
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -34,21 +35,24 @@ from breastscreen.errors import PreprocessError
 from breastscreen.labels import PATCH_CLASSES, PATCH_CLASSES_5, PATCH_SIZE
 
 _GRID = 9  # sample points per side used to measure the breast fraction of a candidate patch
+_UNKNOWN = "unknown"  # lesion-mask group of lesions whose outcome is unknown
 
 
 @dataclass
 class PatchSource:
     """One preprocessed image with its breast mask and lesion masks.
 
-    ``lesions`` holds ``(mask, label, kind)`` with label ``benign``/``malignant`` and kind
-    ``mass``/``calcification`` (or None). ``negative`` marks an image from a breast with no
-    findings (source of ``negative`` patches); images with lesions give lesion and
-    ``outside`` patches; images that are neither give nothing.
+    ``lesions`` holds ``(mask, label, kind)`` with label ``benign``/``malignant`` (or None when
+    the outcome is unknown) and kind ``mass``/``calcification`` (or None). ``negative`` marks an
+    image from a breast with no findings (source of ``negative`` patches); images with lesions
+    give lesion and ``outside`` patches; images that are neither give nothing. A lesion of
+    unknown outcome never gives patches: lesion patches must not touch it, and its image gives
+    no ``outside`` patches.
     """
 
     image: np.ndarray
     breast_mask: np.ndarray
-    lesions: list[tuple[np.ndarray, str, str | None]] = field(default_factory=list)
+    lesions: list[tuple[np.ndarray, str | None, str | None]] = field(default_factory=list)
     negative: bool = False
     key: str = ""
 
@@ -63,8 +67,9 @@ class PatchSource:
         for mask, label, _ in self.lesions:
             if np.shape(mask) != self.image.shape:
                 raise ValueError(f"{self.key or 'patch source'}: lesion mask shape {np.shape(mask)} != image {self.image.shape}")
-            if label not in ("benign", "malignant"):
-                raise ValueError(f"{self.key or 'patch source'}: lesion label must be benign or malignant, got {label!r}")
+            if label not in ("benign", "malignant", None):
+                raise ValueError(f"{self.key or 'patch source'}: lesion label must be benign, malignant or None, "
+                                 f"got {label!r}")
         if self.negative and self.lesions:
             raise ValueError(f"{self.key or 'patch source'}: an image with lesions cannot be negative")
 
@@ -170,15 +175,15 @@ class PatchSampler:
     @staticmethod
     def _prepare(src: PatchSource) -> _Prepared:
         any_mask = np.zeros(src.image.shape, bool)
-        by_label = {"benign": np.zeros(src.image.shape, bool), "malignant": np.zeros(src.image.shape, bool)}
+        by_label = {k: np.zeros(src.image.shape, bool) for k in ("benign", "malignant", _UNKNOWN)}
         for mask, label, _ in src.lesions:
             m = np.asarray(mask, dtype=bool)
-            by_label[label] |= m
+            by_label[label or _UNKNOWN] |= m
             any_mask |= m
         return _Prepared(
             shape=src.image.shape,
             breast_pts=np.argwhere(src.breast_mask),
-            lesion_pts={k: np.argwhere(v) for k, v in by_label.items()},
+            lesion_pts={k: np.argwhere(v) for k, v in by_label.items() if k != _UNKNOWN},
             ii_any=_integral(any_mask),
             ii_label={k: _integral(v) for k, v in by_label.items()},
         )
@@ -188,7 +193,7 @@ class PatchSampler:
         for i, (s, p) in enumerate(zip(self.sources, self._prep)):
             if cls in ("malignant", "benign") and len(p.lesion_pts[cls]):
                 out.append(i)
-            elif cls == "outside" and s.lesions and len(p.breast_pts):
+            elif cls == "outside" and s.lesions and len(p.breast_pts) and not p.ii_label[_UNKNOWN][-1, -1]:
                 out.append(i)
             elif cls == "negative" and s.negative and len(p.breast_pts):
                 out.append(i)
@@ -214,6 +219,7 @@ class PatchSampler:
         if cls in ("malignant", "benign"):
             other = "benign" if cls == "malignant" else "malignant"
             ok &= _box_sum(p.ii_label[other], by0, bx0, by1, bx1) == 0
+            ok &= _box_sum(p.ii_label[_UNKNOWN], by0, bx0, by1, bx1) == 0
         elif cls == "outside":
             ok &= _box_sum(p.ii_any, by0, bx0, by1, bx1) == 0
         label = PATCH_CLASSES.index(cls)
@@ -268,8 +274,11 @@ class PatchSampler:
         return patches, labels, specs
 
 
-def five_class(label: str, kind: str | None) -> int | None:
-    """Index in :data:`PATCH_CLASSES_5` for a lesion, or None when its kind is not mass/calcification."""
+def five_class(label: str | None, kind: str | None) -> int | None:
+    """Index in :data:`PATCH_CLASSES_5` for a lesion, or None when its kind is not mass/calcification
+    or its outcome (``label``) is unknown."""
+    if label is None:
+        return None
     k = (kind or "").lower()
     if k.startswith("calc"):
         name = f"{label}_calcification"
@@ -308,7 +317,8 @@ def roi_patch_set(
     the same image (breast, no lesion pixel in the patch).
 
     Each lesion mask is one ROI; overlap = |patch ∩ ROI| / min(|patch|, |ROI|). Lesions whose
-    kind is neither mass nor calcification are skipped and listed in ``skipped``. Patches are
+    kind is neither mass nor calcification, or whose outcome is unknown, are skipped and listed
+    in ``skipped`` (they still keep background patches away). Patches are
     axis-aligned squares of ``patch_size`` (default ``PATCH_SIZE * scale``) kept inside the image.
     ``label_of(label, kind)`` gives a lesion's class index (default :func:`five_class`; 0 is
     background), or None to skip the lesion.
@@ -333,9 +343,10 @@ def roi_patch_set(
         ii_any = _integral(any_mask)
         n_roi_patches = 0
         for li, (m, label, kind) in enumerate(src.lesions):
-            cls = (label_of or five_class)(label, kind)
+            cls = (label_of or five_class)(label, kind) if label is not None else None
             if cls is None:
-                skipped.append(f"{src.key} lesion {li}: kind {kind!r} is not mass or calcification")
+                why = "outcome unknown" if label is None else f"kind {kind!r} is not mass or calcification"
+                skipped.append(f"{src.key} lesion {li}: {why}")
                 continue
             m = np.asarray(m, dtype=bool)
             if not m.any():
@@ -379,13 +390,16 @@ def roi_patch_set(
 
 
 def sources_from_exams(
-    exams: Iterable, load: Callable[[str], np.ndarray] | None = None
+    exams: Iterable, load: Callable[[str], np.ndarray] | None = None, skipped: list[str] | None = None
 ) -> list[PatchSource]:
     """Build :class:`PatchSource` rows from PREPROCESSED exams (images, breast masks, lesion masks).
 
     An image is ``negative`` when its breast's labels are both 0 (no findings); images with
     lesion masks give lesion/outside patches; others (unknown labels, findings without masks)
-    are left out. ``load`` reads an image path into a 2-D array (default: ``load_image``).
+    are left out. An image with any mask or ROI of unknown outcome is left out too, since its
+    "outside" patches could hold an unlabelled lesion: its ``exam/view/index`` key is appended
+    to ``skipped`` when a list is given, and their number is logged.
+    ``load`` reads an image path into a 2-D array (default: ``load_image``).
     """
     from breastscreen.data.types import view_side
 
@@ -396,8 +410,14 @@ def sources_from_exams(
             return load_image(path).pixels
 
     out: list[PatchSource] = []
+    unknown: list[str] = []
     for exam in exams:
+        seen: dict[str, int] = {}
         for view, img in exam.iter_images():
+            index = seen[view] = seen.get(view, -1) + 1
+            if any(p.label is None for p in (*img.masks, *img.rois)):
+                unknown.append(f"{exam.exam_id}/{view}/{index}")
+                continue
             rec = img.preprocessing or {}
             if "breast_mask_path" not in rec:
                 raise PreprocessError(f"exam {exam.exam_id} {view}: not preprocessed (no breast_mask_path); run "
@@ -411,4 +431,9 @@ def sources_from_exams(
             lesions = [(load(m.path) > 0, m.label, m.kind) for m in img.masks]
             out.append(PatchSource(pixels, load(rec["breast_mask_path"]) > 0, lesions, negative,
                                    key=f"{exam.exam_id}/{view}"))
+    if unknown:
+        logging.getLogger("breastscreen").info("patch sources: %d images with a lesion of unknown outcome left out",
+                                               len(unknown))
+        if skipped is not None:
+            skipped.extend(unknown)
     return out

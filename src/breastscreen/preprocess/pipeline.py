@@ -6,7 +6,7 @@ Output folder layout (``out_dir``)::
     errors.csv                          exam_id, view, path, status (failed|excluded|warning), reason
     images/<exam>_<VIEW>[_k].png             preprocessed image (16-bit PNG; 8-bit for 8-bit US)
     images/<exam>_<VIEW>[_k]_breastmask.png  breast (MG) or field-of-view (US) mask, 0/255
-    images/<exam>_<VIEW>[_k]_mask_<label>_<i>.png  lesion masks moved into the same geometry
+    images/<exam>_<VIEW>[_k]_mask_<label>_<i>.png  lesion masks moved into the same geometry (label "unknown" when unknown)
     .breastscreen-output.json            marker: this folder belongs to ``preprocess``
 
 ``<exam>`` is the exam id made safe for a file name (:func:`breastscreen.safety.safe_name`:
@@ -127,6 +127,26 @@ def _reusable(prior: ImageRef, image: ImageRef, scale: float) -> bool:
     return bool(now) and all(rec.get(k) == v for k, v in now.items())
 
 
+def roi_to_preprocessed(roi: ROI, record: dict[str, Any]) -> ROI | None:
+    """An ROI moved into the preprocessed geometry of ``record``; ``None`` when it falls outside the crop.
+
+    A box goes through :func:`~breastscreen.preprocess.mammo.box_to_preprocessed`; a circle's
+    centre and radius through :func:`~breastscreen.preprocess.mammo.circle_to_preprocessed`, its
+    box then being the moved circle's bounding box clipped to the output image.
+    """
+    box = mammo.box_to_preprocessed(roi.box, record)
+    if box is None:
+        return None
+    if roi.circle is None:
+        return ROI(box, roi.label, roi.kind, roi.lesion_id)
+    cx, cy, r = mammo.circle_to_preprocessed(roi.circle, record)
+    oh, ow = (int(v) for v in record["output_shape"])
+    try:
+        return ROI.from_circle(cx, cy, r, roi.label, roi.kind, roi.lesion_id, shape=(oh, ow))
+    except ValueError:  # the disc's box left the output image after rounding: dropped like a box outside
+        return None
+
+
 def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: float, suppress: bool) -> ImageRef:
     from breastscreen.data.readers import load_image
 
@@ -147,14 +167,10 @@ def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: 
     masks = []
     for i, lm in enumerate(image.masks):
         moved = mammo.to_preprocessed(load_mask(lm.path, data.pixels.shape), rec, kind="mask")
-        mp = img_dir / f"{stem}_mask_{lm.label}_{i}.png"
+        mp = img_dir / f"{stem}_mask_{lm.label or 'unknown'}_{i}.png"
         save_mask(moved, mp)
-        masks.append(LesionMask(str(mp.resolve()), lm.label, lm.kind))
-    rois = []
-    for roi in image.rois:
-        box = mammo.box_to_preprocessed(roi.box, rec)
-        if box is not None:
-            rois.append(ROI(box, roi.label, roi.kind))
+        masks.append(LesionMask(str(mp.resolve()), lm.label, lm.kind, lm.lesion_id))
+    rois = [r for r in (roi_to_preprocessed(roi, rec) for roi in image.rois) if r is not None]
     rec["rois_dropped"] = len(image.rois) - len(rois)
     rec["source_path"] = str(Path(image.path).resolve())
     rec.update(stat)
@@ -185,14 +201,11 @@ def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef 
     masks = []
     for i, lm in enumerate(image.masks):
         moved = load_mask(lm.path, data.pixels.shape)[y0:y1, x0:x1]
-        mp = img_dir / f"{stem}_mask_{lm.label}_{i}.png"
+        mp = img_dir / f"{stem}_mask_{lm.label or 'unknown'}_{i}.png"
         save_mask(moved, mp)
-        masks.append(LesionMask(str(mp.resolve()), lm.label, lm.kind))
-    rois = []
-    for roi in image.rois:
-        box = mammo.box_to_preprocessed(roi.box, {**rec, "output_shape": [y1 - y0, x1 - x0]})
-        if box is not None:
-            rois.append(ROI(box, roi.label, roi.kind))
+        masks.append(LesionMask(str(mp.resolve()), lm.label, lm.kind, lm.lesion_id))
+    geometry = {**rec, "output_shape": [y1 - y0, x1 - x0]}
+    rois = [r for r in (roi_to_preprocessed(roi, geometry) for roi in image.rois) if r is not None]
     rec.update(
         source_path=str(Path(image.path).resolve()),
         breast_mask_path=str(mask_path.resolve()),

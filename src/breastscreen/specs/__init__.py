@@ -3,7 +3,7 @@
 Families: ``multiview`` (NYU four-view cancer / BI-RADS models, MV-DCN), ``image``
 (all-convolutional classifier, global saliency network), ``roi-patch`` (the all-convolutional
 system's ROI patch classifier), ``patch`` (sliding-window patch classifiers), ``us``
-(ultrasound gated-attention MIL). Every checkpoint written by this version
+(ultrasound gated-attention MIL), ``lesion`` (the lesion classifier's ``f_agg``). Every checkpoint written by this version
 carries its spec in the header; :func:`spec_for_checkpoint` migrates older checkpoints from their
 architecture and metadata, or refuses them with a message that says how to convert them.
 """
@@ -24,9 +24,10 @@ from breastscreen.specs.base import (
 from breastscreen.specs.mammo import MultiViewSpec, PatchSpec, derive_seed, patch_geometry, prepare_mammogram
 from breastscreen.specs.wholeimage import ImageSpec, RoiPatchSpec
 from breastscreen.specs.us import USSpec, prepare_bag
+from breastscreen.specs.lesion import LesionSpec
 
 __all__ = [
-    "ImageSpec", "ModelSpec", "MultiViewSpec", "PatchSpec", "PreparedImage", "RoiPatchSpec", "SpecError", "USSpec",
+    "ImageSpec", "LesionSpec", "ModelSpec", "MultiViewSpec", "PatchSpec", "PreparedImage", "RoiPatchSpec", "SpecError", "USSpec",
     "derive_seed", "legacy_spec", "patch_geometry", "prepare_bag", "prepare_mammogram", "register_spec", "spec_families",
     "spec_for_checkpoint", "spec_from_dict",
 ]

@@ -28,6 +28,10 @@ Exam-level BI-RADS is what a reader would say from the appearance (noisy suspici
 finding (a few false recalls get 0), 2/3 for benign-looking, 0 for indeterminate and 4/5 for
 suspicious findings; the labels are the truth (benign/malignant per breast).
 
+Each lesion shown in a view gets a mask and its bounding-box ROI, both with the lesion's
+outcome, kind (mass/calcification) and ``lesion_id`` ``<side><k>`` (``L1``, ``R2`` ...: the k-th
+lesion of that breast), so the same lesion has the same id in the CC and the MLO view.
+
 The generator is split by concern: ``_mammo_phantom`` draws the resolution-independent exam
 (breast shape, findings), ``_mammo_lesions`` describes and renders masses and calcification
 clusters, ``_mammo_render`` draws a view's tissue texture and pixels, and this module writes
@@ -245,6 +249,7 @@ def generate_mammo_cohort(
                 write_mammo_dicom(img_path, phantom, r, seed)
             mask_refs, rois = [], []
             counters = {"benign": 0, "malignant": 0}
+            side, angle = view.split("-")
             for m, les in r.masks:
                 box = C.mask_box(m)
                 if box is None:
@@ -253,9 +258,9 @@ def generate_mammo_cohort(
                 counters[les.label] += 1
                 mpath = out / f"{stem}_mask_{les.label}_{k}.png"
                 C.write_mask(mpath, m, r.spacing_mm)
-                mask_refs.append(LesionMask(str(mpath.resolve()), les.label, les.kind))
-                rois.append(ROI(box, les.label, les.kind))
-            side, angle = view.split("-")
+                lesion_id = _lesion_id(phantom, side, les)
+                mask_refs.append(LesionMask(str(mpath.resolve()), les.label, les.kind, lesion_id))
+                rois.append(ROI(box, les.label, les.kind, lesion_id))
             views[view] = [
                 ImageRef(
                     path=str(img_path.resolve()),
@@ -275,6 +280,12 @@ def generate_mammo_cohort(
             progress(i + 1, n_exams)
     write_manifest(exams, out / "manifest.jsonl")
     return exams
+
+
+def _lesion_id(phantom: ExamPhantom, side: str, lesion: Lesion) -> str:
+    """``<side><k>``: the k-th lesion (1-based) of that breast; the same lesion has the same id in CC and MLO."""
+    k = next(i for i, les in enumerate(phantom.breasts[side].lesions, start=1) if les is lesion)
+    return f"{side}{k}"
 
 
 def _check_scale(scale: float) -> float:

@@ -21,6 +21,9 @@ Image model:
 - burned-in device text, a depth scale with '+' ticks outside the field of view, and, in about
   half of the lesion images, two '+' calipers on the lesion's long axis with a measurement
   line of text, as on real scans.
+
+A lesion image has the lesion's mask and bounding-box ROI, with ``lesion_id`` ``<side>1``
+(``L1``/``R1``): the breast's one lesion, the same id in each image that shows it.
 """
 
 from __future__ import annotations
@@ -445,10 +448,11 @@ def _make_exam(
             if les_k is not None and lmask is not None and lmask.any():
                 mpath = out / f"{stem}_mask_{les_k.label}_0.png"
                 C.write_mask(mpath, lmask, spacing)
-                masks.append(LesionMask(str(mpath.resolve()), les_k.label, les_k.kind))
+                # One lesion per breast, shown in several images: the id names it across them.
+                masks.append(LesionMask(str(mpath.resolve()), les_k.label, les_k.kind, f"{side}1"))
                 box = C.mask_box(lmask)
                 if box is not None:
-                    rois.append(ROI(box, les_k.label, les_k.kind))
+                    rois.append(ROI(box, les_k.label, les_k.kind, f"{side}1"))
             meta["laterality"] = side
             refs.append(ImageRef(str(path.resolve()), pixel_spacing=(spacing, spacing), masks=masks, rois=rois, meta=meta))
         views[f"{side}-US"] = refs

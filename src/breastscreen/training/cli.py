@@ -9,25 +9,25 @@ import typer
 
 from breastscreen.errors import BreastscreenError
 
-_TRAIN_HELP = """Train a model of KIND from a preprocessed manifest (see docs/training.md).
-
-KIND is one of: patch (patch classifier for heatmaps), birads (BI-RADS 0/1/2 pretraining; also
-the MV-DCN with model=mvdcn), breast (breast-level cancer model, image-only or with --heatmaps
-DIR), us (ultrasound gated-attention MIL), roi-patch (ROI patch classifier of the
-all-convolutional system) and whole-image (the all-convolutional whole-image classifier, built
-from a roi-patch checkpoint with init_from=). Defaults follow the papers' recipes; change any
-option with KEY=VALUE overrides after the options, e.g. `lr=3e-5 epochs=40 patience=10
-model_args.num_filters=8 recipe.jitter_px=50`.
-
-The run directory gets config.yaml, metrics.csv (one row per epoch), best.safetensors (weights
-+ the model's spec), last.safetensors, val_predictions.csv (the best epoch's validation
-predictions in `breastscreen predict` format) and state.pt; an existing directory is refused unless --resume or
---overwrite is given. Under `torchrun --nproc_per_node N` the run uses DistributedDataParallel.
-"""
+_TRAIN_HELP = (
+    "Train a model of KIND from a preprocessed manifest (see docs/training.md).\n\n"
+    "KIND is one of: patch (patch classifier for heatmaps; with model=densenet161-patch-embed the lesion "
+    "classifier's local module f_loc), birads (BI-RADS 0/1/2 pretraining; also the MV-DCN with model=mvdcn), "
+    "breast (breast-level cancer model, image-only or with --heatmaps DIR), us (ultrasound gated-attention MIL), "
+    "roi-patch (ROI patch classifier of the all-convolutional system), whole-image (the all-convolutional "
+    "whole-image classifier, built from a roi-patch checkpoint with init_from=), context (the lesion classifier's "
+    "global saliency network) and lesion (the lesion classifier f_agg on f_loc embeddings and saliency maps). "
+    "Defaults follow the papers' recipes; change any option with KEY=VALUE overrides after the options, e.g. "
+    "`lr=3e-5 epochs=40 patience=10 model_args.num_filters=8 recipe.jitter_px=50`.\n\n"
+    "The run directory gets config.yaml, metrics.csv (one row per epoch), best.safetensors (weights + the model's "
+    "spec), last.safetensors, val_predictions.csv (the best epoch's validation predictions in `breastscreen "
+    "predict` format) and state.pt; an existing directory is refused unless --resume or --overwrite is given. "
+    "Under `torchrun --nproc_per_node N` the run uses DistributedDataParallel."
+)
 
 
 def train_command(
-    kind: str = typer.Argument(..., help="What to train: patch, birads, breast, us, roi-patch or whole-image."),
+    kind: str = typer.Argument(..., help="What to train: patch, birads, breast, us, roi-patch, whole-image, context or lesion."),
     overrides: Optional[list[str]] = typer.Argument(None, help="KEY=VALUE options overriding the recipe and --config."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="Training manifest (preprocessed JSONL)."),
     val_manifest: Optional[Path] = typer.Option(None, "--val-manifest", "-v", help="Validation manifest (preprocessed JSONL)."),

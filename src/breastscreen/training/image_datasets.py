@@ -108,9 +108,10 @@ def roi_sources(exams: Sequence[Exam], spec: RoiPatchSpec) -> list[Any]:
     return out
 
 
-def three_class(label: str, kind: str | None) -> int:
-    """Class index among :data:`PATCH_CLASSES_3` (background, benign, malignant) of a lesion."""
-    return PATCH_CLASSES_3.index(label)
+def three_class(label: str | None, kind: str | None) -> int | None:
+    """Class index among :data:`PATCH_CLASSES_3` (background, benign, malignant) of a lesion; None
+    (skip it) when its outcome is unknown."""
+    return PATCH_CLASSES_3.index(label) if label is not None else None
 
 
 class RoiPatchDataset(Dataset):

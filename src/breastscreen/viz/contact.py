@@ -25,7 +25,7 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip((img.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def render_tile(image_path: str, masks: Sequence[tuple[str, str]], height: int) -> np.ndarray:
+def render_tile(image_path: str, masks: Sequence[tuple[str, str | None]], height: int) -> np.ndarray:
     """One view as an RGB tile of the given height, with each ``(mask_path, label)`` outlined."""
     grey = np.asarray(Image.open(image_path))
     rgb = np.repeat(_to_uint8(grey)[..., None], 3, axis=2)

@@ -29,6 +29,8 @@ RECIPE_MODULES: tuple[str, ...] = (
     "breastscreen.training.recipes.breast",
     "breastscreen.training.recipes.us",
     "breastscreen.training.recipes.wholeimage",
+    "breastscreen.training.recipes.context",
+    "breastscreen.training.recipes.lesion",
 )
 
 

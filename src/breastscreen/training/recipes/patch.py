@@ -54,6 +54,8 @@ class PatchOptions:
     checkpoint_every: int = bounded(1, ge=1)  # K: save and validate every K epochs
     heatmap_validation: bool = True
     heatmap_batch_size: int = bounded(256, ge=1)
+    lesion_validation: bool = False
+    lesion_windows: int = bounded(100, ge=1)
     size_range: list[float] = field(default_factory=lambda: [128.0, 384.0])
     max_rotation: float = bounded(30.0, ge=0, le=180)
     min_breast_fraction: float = bounded(0.1, ge=0, le=1)
@@ -179,7 +181,11 @@ def build_patch(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTa
 
         if check_preprocessed(val_exams, cfg.val_manifest) != scale:
             raise BreastscreenError(f"{cfg.val_manifest}: validation images must be preprocessed at scale {scale}")
-        if opts.heatmap_validation:
+        if opts.lesion_validation:
+            if cfg.monitor != "val_lesion_auc":
+                raise BreastscreenError("recipe.lesion_validation=true selects by lesion AUC: set monitor=val_lesion_auc")
+            evaluate = _lesion_evaluator(val_exams, out_size, scale, opts)
+        elif opts.heatmap_validation:
             evaluate = _heatmap_evaluator(val_exams, out_size, stride, opts.heatmap_batch_size)
         else:
             val_sources, _ = _standardised_sources(val_exams, cfg.val_manifest)
@@ -226,6 +232,48 @@ def _patch_evaluator(val_set: PatchEpochDataset) -> Any:
         out["val_patch_auc"] = finite_mean(list(aucs))
         out["val_patch_accuracy"] = float(np.mean(probs.argmax(1) == y))
         return out
+
+    return evaluate
+
+
+def _lesion_evaluator(val_exams: Sequence[Any], out_size: int, scale: float, opts: PatchOptions) -> Any:
+    from breastscreen.data.lesions import manifest_lesions, lesion_region
+    from breastscreen.evaluation.metrics import roc_auc
+    from breastscreen.inference.lesion_features import standardised_image
+    from breastscreen.specs.lesion import LesionSpec, lesion_score, window_patches
+
+    spec = LesionSpec(scale=scale, patch_size=out_size, size_range=tuple(opts.size_range), windows=opts.lesion_windows,
+                      maps=("embedding",))
+    exams = {e.exam_id: e for e in val_exams}
+    images: dict[str, np.ndarray] = {}
+    items = []
+    for rec in manifest_lesions(val_exams):
+        if rec.outcome not in ("benign", "malignant"):
+            continue
+        ikey = f"{rec.exam_id}/{rec.view}/{rec.image_index}"
+        if ikey not in images:
+            images[ikey] = standardised_image(exams[rec.exam_id].views[rec.view][rec.image_index])
+        try:
+            boxes = spec.windows_for(lesion_region(rec, images[ikey].shape), rec.key)
+        except BreastscreenError:
+            continue  # reported by `manifest check`; validation uses the lesions that can be scored
+        items.append((int(rec.outcome == "malignant"), ikey, boxes))
+    if len({it[0] for it in items}) < 2:
+        raise BreastscreenError("recipe.lesion_validation needs benign and malignant validation lesions")
+
+    def evaluate(m: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
+        was = m.training
+        m.eval()
+        ys, ss = [], []
+        with torch.inference_mode():
+            for y, ikey, boxes in items:
+                probs = torch.cat([m(torch.from_numpy(window_patches(images[ikey], boxes[i:i + 64], out_size))
+                                     .to(ctx.device))["probs"].float().cpu()
+                                   for i in range(0, len(boxes), 64)]).numpy()
+                ys.append(y)
+                ss.append(lesion_score(probs)[0])
+        m.train(was)
+        return {"val_lesion_auc": roc_auc(np.array(ys), np.array(ss))}
 
     return evaluate
 
