@@ -230,3 +230,18 @@ def test_models_checkpoint_bundled_zoo(tiny_nyu, tmp_path, monkeypatch) -> None:
     info = runner.invoke(app, ["models", "info", "demo-image"])
     assert info.exit_code == 0, info.output
     assert "model: nyu-viewwise" in info.output and "training_data" in info.output and "model card" in info.output
+
+
+def test_init_from_an_imagenet_style_file_loads_the_backbone(tmp_path) -> None:
+    """`train patch ... init_from=imagenet.safetensors` (no breastscreen header) maps the backbone weights."""
+    from breastscreen.training.config import TrainConfig
+    from breastscreen.training.recipes.common import build_model
+
+    torch.manual_seed(1)
+    rgb = create_model("densenet-tiny-embed", in_channels=3, stem_channels=3, num_classes=1000, embedding_dim=0)
+    save_file({k: v.contiguous() for k, v in _torchvision_densenet_names(rgb).items()}, str(tmp_path / "in.safetensors"))
+    cfg = TrainConfig(kind="patch", init_from=str(tmp_path / "in.safetensors"))
+    model = build_model(cfg, "densenet-tiny-embed", None, num_classes=4, in_channels=1)
+    assert torch.equal(model.blocks[1].layers[0].conv2.weight, rgb.blocks[1].layers[0].conv2.weight)
+    assert torch.equal(model.final_norm.running_var, rgb.final_norm.running_var)
+    assert model.head.embed is not None and model.head.fc.weight.shape == (4, 32)  # head kept as initialised

@@ -59,9 +59,22 @@ def check_input_fits(model: nn.Module, shape: tuple[int, ...], what: str) -> Non
 
 
 def initialise_from(model: nn.Module, ref: str) -> list[str]:
-    """Load weights from checkpoint ``ref`` into ``model`` (see :func:`build_model`); return their names."""
-    from breastscreen.models.checkpoint import load_checkpoint
+    """Load weights from checkpoint ``ref`` into ``model`` (see :func:`build_model`); return their names.
 
+    A weight file without a breastscreen header (e.g. ImageNet weights in torchvision's layout)
+    initialises the backbone through :func:`breastscreen.models.pretrained.load_pretrained_backbone`
+    (names mapped, the first convolution adapted to grey input, a head of another shape kept as
+    initialised).
+    """
+    from pathlib import Path
+
+    from breastscreen.models.checkpoint import load_checkpoint, read_header
+
+    path = Path(ref)
+    if path.is_file() and read_header(path) is None:
+        from breastscreen.models.pretrained import load_pretrained_backbone
+
+        return list(load_pretrained_backbone(model, path).loaded)
     ck = load_checkpoint(ref)
     src = ck.model
     src_task = getattr(src.config, "task", None)
