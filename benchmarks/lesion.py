@@ -17,7 +17,7 @@ Protocol, fixed before any held-out number was seen (CPU-sized reductions of the
 * context network: gmic-global with 8 filters (the paper's global module has 16), input the
   preprocessed image resized to 736 x 480 (2944 x 1920 x 0.25; saliency grid 12 x 8), image-level
   labels, BCE, Adam 1e-3, batch 4, 12 epochs, best validation per-image AUC kept;
-* f_agg: saliency + location + embedding maps, 100 training windows per lesion plus as many
+* f_agg (benchmarks/lesion_ablation.py's settings): saliency + location + embedding maps, 100 training windows per lesion plus as many
   outside/negative windows, Adam 1e-4 (inside the paper's [1e-5, 1e-3]), batch 100, at most 60 epochs,
   early stopping after 10 epochs without a validation lesion-AUC gain; no random search (one trial);
 * prediction: 100 windows per lesion, seed 0; local only = f_loc's own malignant/benign averaged
@@ -34,94 +34,34 @@ Protocol, fixed before any held-out number was seen (CPU-sized reductions of the
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lesion_ablation import MAPS, ablation, compare, predict, train_agg, train_run  # noqa: E402
+
 from breastscreen.utils import atomic_path  # noqa: E402
 
 SCALE = 0.25
-COMMON = ["device=cpu", "progress=false", "amp=false"]
 FLOC = ["model=densenet161-patch-embed", "model_args.block_config=[3,6,12,8]", "model_args.growth_rate=16",
         "model_args.num_init_features=32", "recipe.lesion_validation=true", "monitor=val_lesion_auc",
         "recipe.epoch_size=2000", "recipe.lesion_windows=100", "epochs=12", "batch_size=50", "lr=1e-3"]
 CONTEXT = ["model_args.num_filters=8", "epochs=12", "lr=1e-3", "batch_size=4"]
-AGG = ["recipe.windows_per_lesion=100", "recipe.windows=100", "epochs=60", "patience=10", "lr=1e-4",
-       "batch_size=100"]
-MAPS = ("saliency", "location", "embedding")
-COMBOS = [list(c) for r in (1, 2, 3) for c in itertools.combinations(MAPS, r)]
 
 
-def _train(kind: str, train_m: Path, val_m: Path, out: Path, overrides: list[str]) -> Path:
-    """Train one run (resuming an interrupted one); return its best checkpoint."""
-    from breastscreen.training.runner import train
-
-    if (out / "best.safetensors").exists() and (out / "done").exists():
-        return out / "best.safetensors"
-    if (out / "state.pt").exists():
-        train(kind, resume=out, overrides=["progress=false"])
-    else:
-        train(kind, manifest=str(train_m), val_manifest=str(val_m), out=str(out), overrides=[*COMMON, *overrides],
-              overwrite=out.exists())
-    (out / "done").write_text("")
-    return out / "best.safetensors"
-
-
-def networks(train_m: Path, val_m: Path, work: Path, seed: int, combos: Sequence[list[str]]) -> dict[str, Path]:
-    """f_loc, the context network and one f_agg per map combination."""
-    floc = _train("patch", train_m, val_m, work / "floc", [*FLOC, f"seed={seed}"])
-    ctx = _train("context", train_m, val_m, work / "context", [*CONTEXT, f"seed={seed}"])
-    out = {"floc": floc, "context": ctx}
-    for maps in combos:
-        name = "+".join(maps)
-        out[name] = _train("lesion", train_m, val_m, work / f"agg-{name}",
-                           [*AGG, f"seed={seed}", f"recipe.patch_model={floc.resolve()}",
-                            f"recipe.context_model={ctx.resolve()}", f"recipe.maps=[{','.join(maps)}]",
-                            f"recipe.cache_dir={(work / 'features').resolve()}"])
-    return out
-
-
-def predict(manifest: Path, out: Path, nets: dict[str, Path], maps: str | None) -> Path:
-    """lesions.csv of ``manifest``: local only (``maps`` None) or with the f_agg of ``maps``."""
-    from breastscreen.inference.lesion_runner import predict_lesions
-
-    if (out / "lesions.csv").exists() and (out / "done").exists():
-        return out / "lesions.csv"
-    predict_lesions(manifest, out, str(nets["floc"]), str(nets["context"]) if maps else None,
-                    str(nets[maps]) if maps else None, pictures=False, overwrite=True)
-    (out / "done").write_text("")
-    return out / "lesions.csv"
-
-
-def compare(local_csv: Sequence[Path], global_csv: Sequence[Path], n_boot: int, seed: int) -> dict[str, Any]:
-    """AUCs with CIs of local only vs local + global (pooled over the files), DeLong difference."""
-    import pandas as pd
-
-    from breastscreen.evaluation.lesion import evaluate_lesions, read_lesion_predictions
-
-    local = pd.concat([read_lesion_predictions(p) for p in local_csv], ignore_index=True)
-    glob = pd.concat([read_lesion_predictions(p) for p in global_csv], ignore_index=True)
-    m_local = evaluate_lesions(local, n_boot, seed)["lesion"]
-    m_glob = evaluate_lesions(glob, n_boot, seed, compare=local)["lesion"]
-
-    def fig(m: dict[str, Any]) -> dict[str, Any]:
-        a = m["auroc"]
-        return {"auc": a["value"], "ci": [a.get("ci_low"), a.get("ci_high")], "n_lesions": m["n"],
-                "n_malignant": m["n_malignant"], "n_benign": m["n_benign"], "n_women": m["n_clusters"],
-                "tnr_at_fnr": {k: v["tnr"]["value"] for k, v in m["tnr_at_fnr"].items()}}
-
-    d = m_glob["compare"]["delong"]
-    return {"local": fig(m_local), "local_global": fig(m_glob),
-            "difference": {"auc": d["difference"], "delong_ci": [d["ci_low"], d["ci_high"]], "p_value": d["p_value"]}}
+def base_networks(train_m: Path, val_m: Path, runs: Path, seed: int) -> tuple[Path, Path]:
+    """f_loc and the context network of the protocol."""
+    floc = train_run("patch", train_m, val_m, runs / "floc", [*FLOC, f"seed={seed}"])
+    ctx = train_run("context", train_m, val_m, runs / "context", [*CONTEXT, f"seed={seed}"])
+    return floc, ctx
 
 
 def synthetic(work: Path, n_boot: int, seed: int, log: Any) -> dict[str, Any]:
@@ -141,20 +81,12 @@ def synthetic(work: Path, n_boot: int, seed: int, log: Any) -> dict[str, Any]:
             preprocess_manifest(exams, pre, SCALE, overwrite=True)
         manifests[name] = pre / "manifest.jsonl"
     log("synthetic cohorts ready")
-    nets = networks(manifests["train"], manifests["val"], work / "synth-runs", seed, COMBOS)
-    log("synthetic networks trained")
-    local = predict(manifests["test"], work / "synth-pred" / "local", nets, None)
+    runs = work / "synth-runs"
+    floc, ctx = base_networks(manifests["train"], manifests["val"], runs, seed)
+    log("synthetic f_loc and context network trained")
     out: dict[str, Any] = {"n_exams": {"train": 80, "val": 20, "test": 60}}
-    table = {}
-    for maps in COMBOS:
-        name = "+".join(maps)
-        csv = predict(manifests["test"], work / "synth-pred" / name, nets, name)
-        res = compare([local], [csv], n_boot, seed)
-        table[name] = {"auc": res["local_global"]["auc"], "ci": res["local_global"]["ci"]}
-        if name == "+".join(MAPS):
-            out.update(res)
-    out["ablation"] = table
-    out["ablation_local_only"] = {"auc": out["local"]["auc"], "ci": out["local"]["ci"]}
+    out.update(ablation(manifests["train"], manifests["val"], manifests["test"], floc, ctx, runs,
+                        work / "synth-pred", seed, n_boot))
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(out, indent=2))
     log("synthetic part done")
@@ -181,9 +113,11 @@ def mini_mias(data: str, work: Path, n_boot: int, seed: int, log: Any) -> dict[s
                            ("val", [rest[i] for i in sorted(order[:n_val])]), ("test", test)):
             if not (fold / f"{name}.jsonl").exists():
                 write_manifest(part, fold / f"{name}.jsonl")
-        nets = networks(fold / "train.jsonl", fold / "val.jsonl", fold / "runs", seed + k, [list(MAPS)])
-        local.append(predict(fold / "test.jsonl", fold / "pred-local", nets, None))
-        glob.append(predict(fold / "test.jsonl", fold / "pred-global", nets, "+".join(MAPS)))
+        floc, ctx = base_networks(fold / "train.jsonl", fold / "val.jsonl", fold / "runs", seed + k)
+        agg = train_agg(fold / "train.jsonl", fold / "val.jsonl", fold / "runs" / "agg", floc, ctx, MAPS, seed + k,
+                        fold / "runs" / "features")
+        local.append(predict(fold / "test.jsonl", fold / "pred-local", floc, None, None))
+        glob.append(predict(fold / "test.jsonl", fold / "pred-global", floc, ctx, agg))
         log(f"mini-MIAS fold {k} done")
     return compare(local, glob, n_boot, seed)
 

@@ -203,3 +203,33 @@ def test_train_lesion_needs_its_models(cohort: dict[str, Path], tmp_path: Path) 
 
     with pytest.raises(BreastscreenError, match="patch_model"):
         train("lesion", str(cohort["train"]), str(cohort["val"]), str(tmp_path / "x"), overrides=["device=cpu"])
+
+
+def test_unusable_training_lesions_are_listed_and_training_goes_on(cohort: dict[str, Path], trained: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    from breastscreen.data.lesions import manifest_lesions
+    from breastscreen.data.manifest import read_manifest, write_manifest
+    from breastscreen.training.runner import train
+
+    exams = read_manifest(cohort["train"])
+    with_masks = [im for e in exams for _, im in e.iter_images() if im.masks]
+    n_lesions = len([r for r in manifest_lesions(exams) if r.outcome])
+    with_masks[0].masks[0].label = None          # outcome unknown
+    with_masks[0].rois = [r for r in with_masks[0].rois if r.lesion_id != with_masks[0].masks[0].lesion_id]
+    h, w = with_masks[1].preprocessing["output_shape"]
+    lid = with_masks[1].masks[0].lesion_id
+    with_masks[1].masks = [m for m in with_masks[1].masks if m.lesion_id != lid]
+    from breastscreen.data.types import ROI
+
+    with_masks[1].rois = [r for r in with_masks[1].rois if r.lesion_id != lid] + [ROI((w + 5, h + 5, w + 9, h + 9),
+                                                                                     "benign", "mass", lesion_id=lid)]
+    write_manifest(exams, tmp_path / "train.jsonl")
+    run = tmp_path / "agg"
+    train("lesion", str(tmp_path / "train.jsonl"), str(cohort["val"]), str(run),
+          overrides=[f"recipe.patch_model={trained['floc']}", f"recipe.context_model={trained['ctx']}",
+                     "recipe.windows_per_lesion=4", "recipe.windows=6", "epochs=1", "device=cpu", "progress=false"])
+    rows = list(csv.DictReader(open(run / "skipped_lesions.csv")))
+    assert len(rows) == 2, rows
+    assert any("no outcome" in r["reason"] for r in rows) and any("no pixel inside" in r["reason"] for r in rows)
+    assert {r["lesion"].rsplit("/", 1)[-1] for r in rows} == {with_masks[0].masks[0].lesion_id, lid}
+    assert (run / "best.safetensors").is_file() and n_lesions >= 3

@@ -96,7 +96,6 @@ class LesionPredictor:
              cache_dir: str | Path | None = None, batch_size: int = 64) -> "LesionPredictor":
         """Load the networks. Without ``model`` (f_agg) the prediction is local only."""
         from breastscreen.models.checkpoint import load_checkpoint
-        from breastscreen.specs.wholeimage import ImageSpec  # noqa: F401  (registers the family)
 
         agg, agg_sha = None, ""
         if model:

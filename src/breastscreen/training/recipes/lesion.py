@@ -21,7 +21,8 @@ BN-ReLU-conv(32, 3x3) layers, global average pooling, 4 classes (PATCH_CLASSES).
   averaged), malignant vs benign AUC. ``val_local_lesion_auc`` (f_loc alone) is reported beside it.
 
 Lesions that cannot be used (empty or outside region, unreadable mask, unknown outcome) are
-listed in the checkpoint metadata (``skipped_lesions``) and training goes on.
+listed in ``RUN_DIR/skipped_lesions.csv`` (lesion key, reason) and the checkpoint metadata, and
+training goes on.
 """
 
 from __future__ import annotations
@@ -110,6 +111,25 @@ def _background_boxes(exams: Sequence[Exam], spec: LesionSpec, n: int, seed: int
     return out
 
 
+def _write_skipped(run_dir: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    """``RUN_DIR/skipped_lesions.csv``: one row per lesion left out (key, reason); removed when none."""
+    import csv
+
+    from breastscreen.utils import atomic_path
+
+    path = run_dir / "skipped_lesions.csv"
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    if not run_dir.is_dir():
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["lesion", "reason"])
+            w.writerows(skipped)
+
+
 def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
     """TrainTask of KIND lesion (see the module docstring)."""
     from breastscreen.data.lesions import image_lesions, lesion_region
@@ -144,7 +164,7 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
                           context_model_sha256=features.context.sha256 if features.context else None)
     except ValueError as exc:
         raise BreastscreenError(f"recipe: {exc}") from None
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
 
     def load_images(exams: Sequence[Exam]) -> tuple[list[_Image], dict[str, np.ndarray]]:
         images, stds = [], {}
@@ -164,12 +184,12 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
     for i, im in enumerate(train_images):
         for rec in image_lesions(im.exam, im.view, im.index, im.exam.views[im.view][im.index]):
             if rec.outcome not in ("benign", "malignant"):
-                skipped.append(f"{rec.key}: no outcome (benign/malignant) to train on")
+                skipped.append((rec.key, "no outcome (benign/malignant) to train on"))
                 continue
             try:
                 region = lesion_region(rec, im.shape)
             except BreastscreenError as exc:
-                skipped.append(f"{rec.key}: {exc}")
+                skipped.append((rec.key, str(exc)))
                 continue
             b = training_windows(region, opts.windows_per_lesion, spec, cfg.seed, rec.key)
             _, e = features.lesion_features(train_std[im.key], b, f"train#{rec.key}#{cfg.seed}#{len(b)}")
@@ -205,7 +225,8 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
             try:
                 val_items.append((im, rec, lesion_region(rec, im.shape)))
             except BreastscreenError as exc:
-                skipped.append(f"{rec.key}: {exc}")
+                skipped.append((rec.key, str(exc)))
+    _write_skipped(Path(cfg.out), skipped)
     if len({rec.outcome for _, rec, _ in val_items}) < 2:
         raise BreastscreenError(f"{cfg.val_manifest}: validation needs benign and malignant lesions")
 
@@ -246,7 +267,7 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
         "task": "lesion", "classes": list(PATCH_CLASSES), "maps": list(spec.maps),
         "patch_model": opts.patch_model, "context_model": opts.context_model or None,
         "train_window_counts": dict(zip(PATCH_CLASSES, counts)), "n_val_lesions": len(val_items),
-        "val_local_lesion_auc": local_auc, "skipped_lesions": skipped[:200], "n_skipped_lesions": len(skipped),
+        "val_local_lesion_auc": local_auc, "skipped_lesions": [f"{k}: {r}" for k, r in skipped[:200]], "n_skipped_lesions": len(skipped),
         "training_data": {**describe_exams(train_exams, cfg.manifest), "description": opts.data_description},
     }
     return TrainTask(model=model, train_set=train_set, compute_loss=compute_loss, evaluate=evaluate,
