@@ -141,3 +141,24 @@ def test_batch_balanced_loss_weighs_each_present_class_equally():
     expected = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor([4 / 6, 2.0, 0.0]))
     assert float(batch_balanced_cross_entropy(logits, target)) == pytest.approx(float(expected))
     assert np.isfinite(float(batch_balanced_cross_entropy(logits, torch.tensor([2, 2, 2, 2]))))
+
+
+def test_roi_patch_without_any_usable_roi_names_the_manifest(cohort, tmp_path):
+    from breastscreen.data.manifest import read_manifest, write_manifest
+
+    exams = read_manifest(cohort / "train" / "manifest.jsonl")
+    for e in exams:
+        for _, im in e.iter_images():
+            im.masks, im.rois = [], []
+    write_manifest(exams, tmp_path / "no_rois.jsonl")
+    with pytest.raises(BreastscreenError, match=r"no_rois\.jsonl: no training image has a usable lesion ROI"):
+        train("roi-patch", manifest=str(tmp_path / "no_rois.jsonl"), val_manifest=str(cohort / "val" / "manifest.jsonl"),
+              out=str(tmp_path / "r"), overrides=["model=resnet-tiny-patch", SIZE, "device=cpu", "progress=false"])
+
+
+def test_whole_image_size_too_small_for_the_trunk_is_refused(cohort, roi_run, tmp_path):
+    with pytest.raises(BreastscreenError, match=r"whole image of size \[16, 16\].*too small"):
+        train("whole-image", manifest=str(cohort / "train" / "manifest.jsonl"),
+              val_manifest=str(cohort / "val" / "manifest.jsonl"), out=str(tmp_path / "w"),
+              overrides=["model=allconv-vgg16", "model_args.trunk=vgg-tiny-patch", "recipe.image_size=[16,16]",
+                         "device=cpu", "progress=false"])

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from breastscreen.errors import BreastscreenError
+
+if TYPE_CHECKING:
+    from breastscreen.inference.ray_runner import RayOptions
+
+# Shared by `heatmaps` and `predict`: one definition keeps the two commands' help identical.
+# (The backslash keeps rich's markup from eating "[ray]".)
+_RAY = typer.Option(
+    False, "--ray",
+    help="Run the images/exams as Ray tasks: on a local Ray instance, or on the cluster named by --ray-address. "
+    "Same output files as without --ray. Needs pip install 'breastscreen\\[ray]'.",
+)
+_RAY_ADDRESS = typer.Option(
+    None, "--ray-address", metavar="ADDRESS",
+    help="Existing Ray cluster to run on (implies --ray): auto (the one started on this machine by `ray start`), "
+    "HOST:6379, or ray://HOST:10001.",
+)
+_RAY_CPUS = typer.Option(None, "--ray-cpus", help="CPUs of the local Ray instance started by --ray (default: all).")
+_RAY_GPUS = typer.Option(0.0, "--ray-gpus", help="GPUs each Ray task reserves (default 0: CPU workers).")
+
+
+def ray_options(ray: bool, address: Optional[str], cpus: Optional[int], gpus: float) -> "RayOptions | None":
+    """The :class:`RayOptions` of ``--ray``/``--ray-address``/``--ray-cpus``/``--ray-gpus`` (None without Ray).
+
+    Checks that Ray is installed now, so a missing Ray is one line before any work starts.
+    """
+    from breastscreen.inference.ray_runner import RayOptions, import_ray
+
+    if not ray and not address:
+        if cpus is not None or gpus:
+            raise BreastscreenError("--ray-cpus and --ray-gpus need --ray (or --ray-address)")
+        return None
+    import_ray()
+    return RayOptions(address=address or None, num_cpus=cpus, gpus_per_task=gpus)
 
 
 def heatmaps_command(
@@ -28,6 +61,10 @@ def heatmaps_command(
     allow_outside_paths: bool = typer.Option(
         False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
     ),
+    ray: bool = _RAY,
+    ray_address: Optional[str] = _RAY_ADDRESS,
+    ray_cpus: Optional[int] = _RAY_CPUS,
+    ray_gpus: float = _RAY_GPUS,
 ) -> None:
     """Make benign and malignant patch heatmaps for every mammogram (Wu et al. 2019).
 
@@ -39,11 +76,14 @@ def heatmaps_command(
     continued with --resume. An OUT that already holds heatmaps is refused unless --resume or
     --overwrite is given, and so is an OUT made by another command. The images must be
     preprocessed at the patch model's scale. Exit status 1 when some images failed (listed in
-    OUT/errors.csv), 2 on unusable input or when no heatmap could be made.
+    OUT/errors.csv), 2 on unusable input or when no heatmap could be made. With --ray each chunk
+    of --images-per-chunk images is a Ray task (see docs/inference.md, "Scale-out on Ray").
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from breastscreen.inference.heatmap_runner import run_heatmaps
+
+    ray_opts = ray_options(ray, ray_address, ray_cpus, ray_gpus)
 
     with Progress(TextColumn("heatmaps"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), transient=True) as bar:
@@ -54,7 +94,7 @@ def heatmaps_command(
 
         run = run_heatmaps(manifest, model, out, device=device, batch_size=batch_size, resume=resume,
                            overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk,
-                           progress=progress, allow_outside_paths=allow_outside_paths)
+                           progress=progress, allow_outside_paths=allow_outside_paths, ray=ray_opts)
     typer.echo(
         f"heatmaps: {len(run.computed)} computed, {len(run.reused)} reused, {len(run.errors)} failed "
         f"in {run.seconds:.1f} s -> {out}"
@@ -92,6 +132,10 @@ def predict_command(
     allow_outside_paths: bool = typer.Option(
         False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
     ),
+    ray: bool = _RAY,
+    ray_address: Optional[str] = _RAY_ADDRESS,
+    ray_cpus: Optional[int] = _RAY_CPUS,
+    ray_gpus: float = _RAY_GPUS,
 ) -> None:
     """Predict per-breast benign and malignant probabilities for every exam.
 
@@ -104,12 +148,15 @@ def predict_command(
     (and an OUT made by another command always); its preprocessed/ and heatmaps/ subfolders and,
     with --resume, its per-exam results (OUT/exam_results/) are reused only where their inputs
     are unchanged. Exit status 1 when any exam failed (the others are still predicted), 2 on
-    unusable input or when no exam could be predicted (the message says why).
+    unusable input or when no exam could be predicted (the message says why). With --ray each
+    exam is a Ray task (see docs/inference.md, "Scale-out on Ray").
     Research software: not for clinical use.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from breastscreen.inference.predict import PredictOptions, predict
+
+    ray_opts = ray_options(ray, ray_address, ray_cpus, ray_gpus)
 
     opts = PredictOptions(tta=tta, seed=seed, device=device, batch_size=batch_size,
                           heatmaps_dir=str(heatmaps) if heatmaps else None, patch_model=patch_model,
@@ -122,7 +169,7 @@ def predict_command(
         def progress(stage: str, exam_id: str) -> None:
             bar.update(task, stage=stage, advance=1 if stage == "predict" else 0)
 
-        run = predict(source, model, out, opts, progress, overwrite=overwrite, resume=resume)
+        run = predict(source, model, out, opts, progress, overwrite=overwrite, resume=resume, ray=ray_opts)
     typer.echo(
         f"predicted {len(run.predictions)} exam(s), {len(run.errors)} failed in {run.seconds:.1f} s -> "
         f"{out / 'predictions.csv'}" + (f"; report {out / 'index.html'}" if pictures else "")

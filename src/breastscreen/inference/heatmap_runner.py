@@ -7,6 +7,7 @@ compressed NPZ per image (:mod:`breastscreen.data.heatmaps`), ``heatmaps.jsonl``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -14,9 +15,10 @@ import logging
 import math
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ from breastscreen.outdir import check_output_owner, claim_output_dir
 from breastscreen.safety import assign_names
 from breastscreen.labels import HEATMAP_CHANNELS, PATCH_CLASSES
 from breastscreen.specs.mammo import patch_geometry
+
+if TYPE_CHECKING:
+    from breastscreen.inference.ray_runner import RayOptions
 
 INDEX_NAME = "heatmaps.jsonl"
 ERRORS_NAME = "errors.csv"
@@ -137,6 +142,34 @@ def load_preprocessed(image: Any, need_mask: bool) -> tuple[np.ndarray, np.ndarr
     return pixels, mask
 
 
+def chunk_events(inferer: SlidingWindowHeatmapper, items: Sequence[HeatmapItem],
+                 skip_background: bool) -> Iterator[tuple[int, str, Any]]:
+    """Heatmaps of one chunk of images, all their windows batched together.
+
+    Yields ``(position, "failed", (reason, traceback or None))`` for each image that cannot be
+    read, then ``(position, "result", HeatmapResult)`` as each heatmap is finished. Shared by the
+    single-process run and the Ray workers, so both evaluate exactly the same batches.
+    """
+    loaded, keep = [], []
+    for pos, it in enumerate(items):
+        try:
+            pixels, mask = load_preprocessed(it.image, skip_background)
+        except (BreastscreenError, ValueError, OSError) as exc:
+            yield pos, "failed", (str(exc), None)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one unreadable image never stops the batch
+            # The traceback travels as text: a Ray worker's log is not the driver's error log.
+            yield pos, "failed", (f"unexpected {type(exc).__name__}: {exc} (traceback in the error log)",
+                                  traceback.format_exc())
+            continue
+        loaded.append((pixels, mask))
+        keep.append(pos)
+    if not keep:
+        return
+    for k, result in inferer.iter_heatmaps([p for p, _ in loaded], [m for _, m in loaded]):
+        yield keep[k], "result", result
+
+
 def generate_heatmaps(
     exams: Sequence[Any],
     model: nn.Module,
@@ -154,6 +187,8 @@ def generate_heatmaps(
     skip_background: bool = False,
     images_per_chunk: int = 4,
     progress: Callable[[HeatmapItem, str], None] | None = None,
+    ray: "RayOptions | None" = None,
+    model_ref: str | None = None,
 ) -> HeatmapRun:
     """Write one heatmap file per mammography image of ``exams`` (preprocessed) into ``out_dir``.
 
@@ -164,6 +199,11 @@ def generate_heatmaps(
     already holds heatmaps is refused (:class:`BreastscreenError`) unless ``resume`` or
     ``overwrite`` is set. ``progress(item, status)`` is called once per image with status
     ``computed``, ``reused`` or ``failed``. See the module docstring for chunking.
+
+    With ``ray`` (:class:`~breastscreen.inference.ray_runner.RayOptions`, inside
+    :func:`~breastscreen.inference.ray_runner.ray_session`) each chunk runs as a Ray task whose
+    worker loads checkpoint ``model_ref`` (same hash required) on ``device`` as resolved there;
+    this process still decides what to reuse and writes every file, so the files are the same.
     """
     from breastscreen.data.manifest import write_manifest
 
@@ -197,8 +237,9 @@ def generate_heatmaps(
             "preprocess the manifest at the model's scale (or give the raw manifest and let heatmaps preprocess it)"
         )
     patch, stride = patch_geometry(scale, meta_model)
+    # With Ray the driver's heatmapper only checks the geometry and classes; workers run the model.
     inferer = SlidingWindowHeatmapper(
-        model, patch, stride, batch_size=batch_size, device=device, amp=amp,
+        model, patch, stride, batch_size=batch_size, device="cpu" if ray is not None else device, amp=amp,
         skip_background=skip_background, class_names=class_names,
     )
 
@@ -222,47 +263,53 @@ def generate_heatmaps(
         )
 
     done_paths: dict[int, Path] = {}
-    for c0 in range(0, len(items), images_per_chunk):
-        chunk = list(range(c0, min(c0 + images_per_chunk, len(items))))
-        done = {j for j in chunk if is_done(items[j])}
-        for j in sorted(done):
-            done_paths[j] = target(items[j])
-            run.reused.append(target(items[j]).name)
-            if progress:
-                progress(items[j], "reused")
-        if len(done) == len(chunk):
-            continue
-        # Recompute the whole chunk (same batches as an uninterrupted run), write what is missing.
-        loaded, keep = [], []
-        stats: dict[int, dict[str, int]] = {}
-        for j in chunk:
-            it = items[j]
+
+    def pending() -> Iterator[tuple[tuple[list[int], set[int], dict[int, dict[str, int]]], list[HeatmapItem]]]:
+        # Lazy, so a single-process run still checks chunk k+1 only after writing chunk k.
+        for c0 in range(0, len(items), images_per_chunk):
+            chunk = list(range(c0, min(c0 + images_per_chunk, len(items))))
+            done = {j for j in chunk if is_done(items[j])}
+            for j in sorted(done):
+                done_paths[j] = target(items[j])
+                run.reused.append(target(items[j]).name)
+                if progress:
+                    progress(items[j], "reused")
+            if len(done) == len(chunk):
+                continue
             # Taken before reading, so an image replaced while it is read never looks unchanged later.
-            stats[j] = image_stat(it.image.path)
-            try:
-                pixels, mask = load_preprocessed(it.image, skip_background)
-            except (BreastscreenError, ValueError, OSError) as exc:
-                run.errors.append((it.exam_id, it.view, it.image.path, str(exc)))
+            stats = {j: image_stat(items[j].image.path) for j in chunk}
+            # The whole chunk is recomputed (same batches as an uninterrupted run); only what is missing is written.
+            yield (chunk, done, stats), [items[j] for j in chunk]
+
+    if ray is None:
+        computed: Iterable[tuple[Any, tuple[Iterable[tuple[int, str, Any]], int]]] = (
+            (key, (chunk_events(inferer, chunk_items, skip_background), 0)) for key, chunk_items in pending())
+    else:
+        from breastscreen.inference.ray_runner import HeatmapJob, map_heatmap_chunks
+
+        if not model_ref:
+            raise ValueError("generate_heatmaps(ray=...) needs model_ref: each worker loads the checkpoint itself")
+        job = HeatmapJob(model_ref=model_ref, sha256=checkpoint_sha256, patch=patch, stride=stride,
+                         batch_size=batch_size, device=str(device), amp=amp, skip_background=bool(skip_background),
+                         class_names=tuple(class_names))
+        computed = map_heatmap_chunks(ray, job, pending())
+    worker_batches = 0
+    for (chunk, done, stats), (events, batches) in computed:
+        worker_batches += batches
+        for pos, kind, payload in events:
+            j = chunk[pos]
+            it = items[j]
+            if kind == "failed":
+                reason, trace = payload
+                if trace:
+                    logger.error("unexpected error reading %s\n%s", it.image.path, trace)
+                run.errors.append((it.exam_id, it.view, it.image.path, reason))
                 if progress:
                     progress(it, "failed")
                 continue
-            except Exception as exc:  # noqa: BLE001 - one unreadable image never stops the batch
-                logger.error("unexpected error reading %s", it.image.path, exc_info=exc)
-                run.errors.append((it.exam_id, it.view, it.image.path,
-                                   f"unexpected {type(exc).__name__}: {exc} (traceback in the error log)"))
-                if progress:
-                    progress(it, "failed")
-                continue
-            loaded.append((pixels, mask))
-            keep.append(j)
-        if not keep:
-            continue
-        results = inferer.iter_heatmaps([p for p, _ in loaded], [m for _, m in loaded])
-        for pos, result in results:
-            j = keep[pos]
             if j in done:
                 continue
-            it = items[j]
+            result = payload
             if not np.isfinite(result.maps).all():
                 run.errors.append((it.exam_id, it.view, it.image.path,
                                    "the patch model gives NaN or infinite probabilities for this image (no heatmap written)"))
@@ -296,7 +343,7 @@ def generate_heatmaps(
             run.computed.append(target(it).name)
             if progress:
                 progress(it, "computed")
-    run.model_batches = inferer.batches_run
+    run.model_batches = inferer.batches_run + worker_batches
 
     _write_index(out, items, done_paths, checkpoint_sha256)
     _write_errors(out / ERRORS_NAME, ["exam_id", "view", "path", "reason"], run.errors)
@@ -378,6 +425,7 @@ def run_heatmaps(
     workers: int = 1,
     progress: Callable[[int, int, float], None] | None = None,
     allow_outside_paths: bool = False,
+    ray: "RayOptions | None" = None,
 ) -> HeatmapRun:
     """``breastscreen heatmaps``: load the patch checkpoint, preprocess if needed, write heatmaps.
 
@@ -387,7 +435,8 @@ def run_heatmaps(
     An ``out_dir`` that already holds heatmaps (``heatmaps.jsonl`` or ``*.npz``) is refused
     with :class:`BreastscreenError` unless ``resume`` (keep heatmaps made with the same
     checkpoint from the same preprocessed images) or ``overwrite`` (recompute and replace them).
-    ``progress(done, total, images_per_second)`` is called once per image.
+    ``progress(done, total, images_per_second)`` is called once per image. With ``ray`` the
+    images run on Ray (:mod:`~breastscreen.inference.ray_runner`) with the same files as a result.
     """
     from breastscreen.data.manifest import read_manifest
     from breastscreen.data.types import Modality
@@ -396,6 +445,7 @@ def run_heatmaps(
     from breastscreen.utils import resolve_device
 
     from breastscreen.inference.options import HeatmapOptions
+    from breastscreen.inference.ray_runner import ray_session, worker_ref
 
     HeatmapOptions(device=device, batch_size=batch_size, skip_background=skip_background,
                    images_per_chunk=images_per_chunk, workers=workers)
@@ -403,47 +453,53 @@ def run_heatmaps(
     check_output_owner(out_dir, COMMAND)
     check_heatmap_out_dir(out_dir, resume, overwrite)
     try:
-        dev = resolve_device(device)
+        # With Ray the workers resolve --device (they may have GPUs this process lacks).
+        dev = resolve_device("cpu" if ray is not None else device)
     except ValueError as exc:
         raise BreastscreenError(str(exc)) from None
-    refused: list[tuple[str, str]] = []
-    if isinstance(manifest, (str, os.PathLike)):
-        exams = read_manifest(manifest, allow_outside_paths=allow_outside_paths, problems=refused)
-        if not exams:
-            why = f"{len(refused)} line(s) refused, first {refused[0][0]}: {refused[0][1]}" if refused else "it is empty"
-            raise BreastscreenError(f"{manifest}: no usable exam ({why})")
-    else:
-        exams = list(manifest)
-    ckpt = load_checkpoint(model_ref)
-    metadata = dict(ckpt.metadata or {})
-    classes = patch_classes(ckpt, str(model_ref))
-    out = Path(out_dir)
-    pre_errors: list[tuple[str, str, str, str]] = []
-    # Only mammograms get patch heatmaps, so only they are preprocessed here.
-    raw = [e for e in exams if e.modality is Modality.MG and any(img.preprocessing is None for _, img in e.iter_images())]
-    if raw:
-        scale = float(metadata.get("scale") or 1.0)
-        pre_dir = out / "preprocessed"
-        done, issues = preprocess_manifest(raw, pre_dir, scale, resume=(pre_dir / "manifest.jsonl").exists(),
-                                           workers=workers)
-        by_id = {e.exam_id: e for e in done}
-        pre_errors = [(r["exam_id"], r.get("view", ""), r.get("path", ""), r["reason"])
-                      for r in issues if r.get("status") == "failed"]
-        exams = [by_id.get(e.exam_id, e) for e in exams if e not in raw or e.exam_id in by_id]
-    total = len(heatmap_items(exams))
-    start = time.perf_counter()
-    count = [0]
+    with ray_session(ray) if ray is not None else contextlib.nullcontext():
+        refused: list[tuple[str, str]] = []
+        if isinstance(manifest, (str, os.PathLike)):
+            exams = read_manifest(manifest, allow_outside_paths=allow_outside_paths, problems=refused)
+            if not exams:
+                why = (f"{len(refused)} line(s) refused, first {refused[0][0]}: {refused[0][1]}" if refused
+                       else "it is empty")
+                raise BreastscreenError(f"{manifest}: no usable exam ({why})")
+        else:
+            exams = list(manifest)
+        ckpt = load_checkpoint(model_ref)
+        metadata = dict(ckpt.metadata or {})
+        classes = patch_classes(ckpt, str(model_ref))
+        out = Path(out_dir)
+        pre_errors: list[tuple[str, str, str, str]] = []
+        # Only mammograms get patch heatmaps, so only they are preprocessed here.
+        raw = [e for e in exams
+               if e.modality is Modality.MG and any(img.preprocessing is None for _, img in e.iter_images())]
+        if raw:
+            scale = float(metadata.get("scale") or 1.0)
+            pre_dir = out / "preprocessed"
+            done, issues = preprocess_manifest(raw, pre_dir, scale, resume=(pre_dir / "manifest.jsonl").exists(),
+                                               workers=workers)
+            by_id = {e.exam_id: e for e in done}
+            pre_errors = [(r["exam_id"], r.get("view", ""), r.get("path", ""), r["reason"])
+                          for r in issues if r.get("status") == "failed"]
+            exams = [by_id.get(e.exam_id, e) for e in exams if e not in raw or e.exam_id in by_id]
+        total = len(heatmap_items(exams))
+        start = time.perf_counter()
+        count = [0]
 
-    def tick(_item: HeatmapItem, _status: str) -> None:
-        count[0] += 1
-        if progress:
-            progress(count[0], total, count[0] / max(time.perf_counter() - start, 1e-9))
+        def tick(_item: HeatmapItem, _status: str) -> None:
+            count[0] += 1
+            if progress:
+                progress(count[0], total, count[0] / max(time.perf_counter() - start, 1e-9))
 
-    run = generate_heatmaps(
-        exams, ckpt.model.to(dev), out, checkpoint_sha256=ckpt.sha256, checkpoint_name=ckpt.name,
-        model_metadata=metadata, class_names=classes, batch_size=batch_size, device=dev, resume=resume,
-        overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk, progress=tick,
-    )
+        run = generate_heatmaps(
+            exams, ckpt.model.to(dev), out, checkpoint_sha256=ckpt.sha256, checkpoint_name=ckpt.name,
+            model_metadata=metadata, class_names=classes, batch_size=batch_size,
+            device=device if ray is not None else dev, resume=resume, overwrite=overwrite,
+            skip_background=skip_background, images_per_chunk=images_per_chunk, progress=tick, ray=ray,
+            model_ref=worker_ref(model_ref),
+        )
     pre_errors = [("", "", where, reason) for where, reason in refused] + pre_errors
     if pre_errors:
         run.errors = pre_errors + run.errors

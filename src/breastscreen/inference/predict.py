@@ -35,9 +35,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -50,6 +51,9 @@ from breastscreen.inference.writers import UNKNOWN_COLUMNS, write_outputs
 from breastscreen.outdir import check_output_owner, claim_output_dir
 from breastscreen.safety import assign_names, is_within
 from breastscreen.specs import PreparedImage
+
+if TYPE_CHECKING:
+    from breastscreen.inference.ray_runner import RayOptions
 
 __all__ = ["ExamPrediction", "PredictOptions", "PredictRun", "UNKNOWN_COLUMNS", "load_inputs", "predict"]
 
@@ -202,17 +206,22 @@ def heatmap_files(folder: Path) -> Callable[[str, str, int, PreparedImage], np.n
 
 
 def _make_heatmaps(exams: list[Exam], patch_ref: str, out: Path, opts: PredictOptions, device: Any,
-                   progress: Callable[[str, str], None] | None) -> tuple[list[Exam], list[tuple[str, str]], dict[str, Any]]:
+                   progress: Callable[[str, str], None] | None, ray: "RayOptions | None" = None,
+                   ) -> tuple[list[Exam], list[tuple[str, str]], dict[str, Any]]:
     from breastscreen.inference.heatmap_runner import generate_heatmaps, patch_classes
+    from breastscreen.inference.ray_runner import worker_ref
     from breastscreen.models import load_checkpoint
 
     ckpt = load_checkpoint(patch_ref)
     classes = patch_classes(ckpt, str(patch_ref))
     if progress:
         progress("heatmaps", "")
+    # With Ray the workers load the patch model themselves; this copy only checks geometry and classes.
+    model = ckpt.model.to("cpu" if ray is not None else device)
     hm = generate_heatmaps(
-        exams, ckpt.model.to(device), out / "heatmaps", checkpoint_sha256=ckpt.sha256, checkpoint_name=ckpt.name,
+        exams, model, out / "heatmaps", checkpoint_sha256=ckpt.sha256, checkpoint_name=ckpt.name,
         model_metadata=ckpt.metadata, class_names=classes, batch_size=opts.patch_batch_size, device=device, resume=True,
+        ray=ray, model_ref=worker_ref(str(patch_ref)),
     )
     failed: dict[str, list[str]] = {}
     for exam_id, view, _path, reason in hm.errors:
@@ -259,6 +268,24 @@ def _exam_fingerprint(exam: Exam, run_key: dict[str, Any], heatmaps_dir: Path | 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def predict_one(predictor: Predictor, exam: Exam, heatmaps: Any = None,
+                ) -> tuple[ExamPrediction | None, str | None, str | None]:
+    """``(prediction, None, None)``, or ``(None, reason, traceback or None)`` when this exam fails.
+
+    Problems of the exam's data give the reason alone; an unexpected exception also gives its
+    traceback as text (a Ray worker's log is not the driver's error log). Shared by the
+    single-process run and the Ray workers.
+    """
+    try:
+        pred = predictor.predict_exam(exam, heatmaps=heatmaps)
+        _finite_values(pred)
+    except EXAM_ERRORS as exc:
+        return None, str(exc) or type(exc).__name__, None
+    except Exception as exc:  # noqa: BLE001 - one exam's unexpected failure never stops the batch
+        return None, f"unexpected {type(exc).__name__}: {exc} (traceback in the error log)", traceback.format_exc()
+    return pred, None, None
+
+
 def _load_result(path: Path, fingerprint: str, out: Path) -> tuple[ExamPrediction, list[str]] | None:
     """A cached exam result made with the same fingerprint (and its pictures, if they still exist)."""
     import json
@@ -299,6 +326,7 @@ def predict(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    ray: "RayOptions | None" = None,
 ) -> PredictRun:
     """Predict every exam of ``source`` (manifest or folder) with ``models`` into ``out_dir``.
 
@@ -310,6 +338,10 @@ def predict(
     ``out_dir/exam_results/<exam>.json`` as soon as it is made; ``resume`` reuses those whose
     models, options, exam and image files are unchanged, so a killed run continues where it
     stopped and ends with the same files as an uninterrupted one.
+
+    With ``ray`` (:class:`~breastscreen.inference.ray_runner.RayOptions`) each exam (and each
+    chunk of heatmaps made with ``patch_model``) is computed by a Ray worker; this process still
+    preprocesses, decides what ``resume`` reuses and writes every file, so the files are the same.
     """
     opts = options or PredictOptions()
     if opts.heatmaps_dir and opts.patch_model:
@@ -325,7 +357,24 @@ def predict(
             f"{out} already holds predictions of an earlier run ({earlier[0]}); "
             "pass --resume to continue it, --overwrite to replace it, or choose another --out"
         )
-    predictor = Predictor.load(list(models), opts.device, tta=opts.tta, seed=opts.seed, batch_size=opts.batch_size)
+    if ray is None:
+        return _predict(source, models, out, opts, progress, overwrite, resume, None, start)
+    from breastscreen.inference.ray_runner import ray_session
+
+    with ray_session(ray):
+        return _predict(source, models, out, opts, progress, overwrite, resume, ray, start)
+
+
+def _predict(source: str | os.PathLike[str], models: Sequence[str], out: Path, opts: PredictOptions,
+             progress: Callable[[str, str], None] | None, overwrite: bool, resume: bool,
+             ray: "RayOptions | None", start: float) -> PredictRun:
+    from breastscreen.inference.ray_runner import worker_device, worker_ref
+
+    # With Ray this process's Predictor only describes the models (spec, hashes, columns) and
+    # draws --max-pictures; the workers predict on --device as they resolve it.
+    predictor = Predictor.load(list(models), "cpu" if ray is not None else opts.device, tta=opts.tta, seed=opts.seed,
+                               batch_size=opts.batch_size)
+    run_device = worker_device(ray, opts.device) if ray is not None else str(predictor.device)
     spec, m0 = predictor.spec, predictor.members[0]
 
     exams, errors, skipped = load_inputs(source, allow_outside_paths=opts.allow_outside_paths)
@@ -356,7 +405,9 @@ def predict(
                                      else None)
     patch_info: dict[str, Any] | None = None
     if patch_ref and modality is Modality.MG:
-        exams, hm_errors, patch_info = _make_heatmaps(exams, patch_ref, out, opts, predictor.device, progress)
+        exams, hm_errors, patch_info = _make_heatmaps(exams, patch_ref, out, opts,
+                                                      opts.device if ray is not None else predictor.device,
+                                                      progress, ray)
         errors += hm_errors
         heatmaps_dir = Path(patch_info["dir"])
     if predictor.needs_heatmaps and heatmaps_dir is None:
@@ -367,49 +418,59 @@ def predict(
     source_maps = heatmap_files(heatmaps_dir) if heatmaps_dir is not None else None
 
     run_key = {"models": [m.sha256 for m in predictor.members], "spec": spec.to_dict(), "tta": opts.tta,
-               "seed": opts.seed, "device": str(predictor.device), "package_version": __version__,
+               "seed": opts.seed, "device": run_device, "package_version": __version__,
                "heatmaps": (patch_info or {}).get("sha256") or (str(heatmaps_dir) if heatmaps_dir else None)}
     results_dir = out / RESULTS_DIR
     draw_now = opts.pictures and opts.max_pictures is None
     predictions: list[ExamPrediction] = []
     pictures: dict[str, tuple[list[str], str]] = {}
+    # Resume decisions are made here, for every exam, before any is predicted; only the rest is computed.
+    plan = []
     for exam in exams:
         record = results_dir / f"{names[exam.exam_id]}.json"
         fingerprint = _exam_fingerprint(exam, run_key, heatmaps_dir)
         cached = _load_result(record, fingerprint, out) if resume else None
-        if cached is not None and (cached[1] or not draw_now):
+        plan.append((exam, record, fingerprint, cached if cached is not None and (cached[1] or not draw_now) else None))
+    todo = [exam for exam, _, _, cached in plan if cached is None]
+    if ray is None:
+        computed: Iterator[tuple[str, tuple[ExamPrediction | None, str | None, str | None]]] = (
+            (e.exam_id, predict_one(predictor, e, source_maps)) for e in todo)
+    else:
+        from breastscreen.inference.ray_runner import PredictJob, map_exams
+
+        job = PredictJob(models=tuple(worker_ref(m) for m in models), sha256=tuple(m.sha256 for m in predictor.members),
+                         device=run_device, tta=opts.tta, seed=opts.seed, batch_size=opts.batch_size,
+                         heatmaps_dir=str(heatmaps_dir.resolve()) if heatmaps_dir else None,
+                         keep_pictures=opts.pictures)
+        computed = map_exams(ray, job, todo)
+    for exam, record, fingerprint, cached in plan:
+        if cached is not None:
             predictions.append(cached[0])
             if cached[1]:
                 pictures[exam.exam_id] = (cached[1], "")
-        else:
-            try:
-                pred = predictor.predict_exam(exam, heatmaps=source_maps)
-                _finite_values(pred)
-            except EXAM_ERRORS as exc:
-                errors.append((exam.exam_id, str(exc) or type(exc).__name__))
-                record.unlink(missing_ok=True)
-                continue
-            except Exception as exc:  # noqa: BLE001 - one exam's unexpected failure never stops the batch
-                logger.error("unexpected error predicting exam %s", exam.exam_id, exc_info=exc)
-                errors.append((exam.exam_id, f"unexpected {type(exc).__name__}: {exc} (traceback in the error log)"))
-                record.unlink(missing_ok=True)
-                continue
-            finally:
-                if progress:
-                    progress("predict", exam.exam_id)
-            if draw_now:
-                from breastscreen.inference.report import draw_exam_pictures
+            continue
+        _, (pred, reason, trace) = next(computed)
+        if progress:
+            progress("predict", exam.exam_id)
+        if pred is None:
+            if trace:
+                logger.error("unexpected error predicting exam %s\n%s", exam.exam_id, trace)
+            errors.append((exam.exam_id, reason or "failed"))
+            record.unlink(missing_ok=True)
+            continue
+        if draw_now:
+            from breastscreen.inference.report import draw_exam_pictures
 
-                pictures[exam.exam_id] = draw_exam_pictures(pred, out)
-            _save_result(record, fingerprint, pred, pictures.get(exam.exam_id, ([], ""))[0])
-            predictions.append(pred)
+            pictures[exam.exam_id] = draw_exam_pictures(pred, out)
+        _save_result(record, fingerprint, pred, pictures.get(exam.exam_id, ([], ""))[0])
+        predictions.append(pred)
 
     provenance = {
         "package_version": __version__,
         "models": [{"ref": m.ref.ref, "name": m.name, "sha256": m.sha256, "from": m.ref.source, **m.ref.info}
                    for m in predictor.members],
         "spec": spec.to_dict(), "family": spec.family, "scale": getattr(spec, "scale", None),
-        "tta": opts.tta, "seed": opts.seed, "device": str(predictor.device),
+        "tta": opts.tta, "seed": opts.seed, "device": run_device,
         "heatmaps": patch_info or ({"dir": str(heatmaps_dir)} if heatmaps_dir else None),
         "source": str(Path(source).resolve()),
     }

@@ -220,6 +220,9 @@ def _remove_previous_output(out: Path) -> None:
                 for image in images or []:
                     paths.append(Path(str(image.get("path", ""))))
                     paths.extend(Path(str(m.get("path", ""))) for m in image.get("masks") or [])
+                    extra = (image.get("meta") or {}).get("annotation_mask")
+                    if isinstance(extra, str) and extra:  # ultrasound annotation ground truth
+                        paths.append(Path(extra))
     for rel in paths:
         p = (root / rel).resolve()
         # Only files directly inside the folder, never anything a crafted manifest points elsewhere.

@@ -168,10 +168,34 @@ def _speckle(shape: tuple[int, int], rng: np.random.Generator, lateral: float, a
     return mag / max(float(mag.mean()), 1e-6)
 
 
+@dataclass
+class UsRender:
+    """One rendered image with its ground truth: pixels, lesion mask and burned-in annotation mask."""
+
+    pixels: np.ndarray
+    lesion_mask: np.ndarray | None
+    annotation_mask: np.ndarray
+    meta: dict[str, Any]
+
+
 def render_us_image(
     rng: np.random.Generator, dev: dict[str, Any], lesion: UsLesion | None, side: str, clock: int, calipers: bool
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Render one B-mode image; returns (uint8 pixels, lesion mask or None, meta)."""
+    r = render_us_image_full(rng, dev, lesion, side, clock, calipers)
+    return r.pixels, r.lesion_mask, r.meta
+
+
+def render_us_image_full(
+    rng: np.random.Generator, dev: dict[str, Any], lesion: UsLesion | None, side: str, clock: int, calipers: bool,
+    inner_labels: bool = False,
+) -> UsRender:
+    """Render one B-mode image with its annotation mask (every burned-in mark, inside or outside the FOV).
+
+    ``inner_labels`` adds the marks real screen captures carry inside the image area (a
+    :func:`_inner_label_marks` label, 'x' calipers, a dotted line), drawn from ``rng`` after
+    every other draw, so the rest of the image is the same as without them.
+    """
     h, w = dev["shape"]
     fov, box, depth, lateral = _fov_mask(dev)
     depth_px = float(h - dev["bottom"] - dev["top"])
@@ -279,10 +303,57 @@ def render_us_image(
     for pt in cal_points:
         ann |= C.plus_mask((h, w), pt, 4)
     img = np.where(ann, 235.0, img)
+    if inner_labels:
+        inner, value = _inner_label_marks(rng, fov, cal_points)
+        inner &= ~ann
+        img = np.where(inner, value, img)
+        ann |= inner
+        meta["inner_labels"] = True
     pixels = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     meta["fov_box"] = list(box)
     meta["pixel_spacing_mm"] = round(mm_per_px, 5)
-    return pixels, lesion_mask, meta
+    return UsRender(pixels, lesion_mask, ann, meta)
+
+
+_INNER_TEXT = ("MAMA ESQUERDA", "MAMA DIREITA", "QSE", "UQINF", "RIGHT 10H 3CM FN", "LT BREAST", "63 ANOS", "5H")
+
+
+def _inner_label_marks(
+    rng: np.random.Generator, fov: np.ndarray, cal_points: list[tuple[float, float]]
+) -> tuple[np.ndarray, float]:
+    """Marks inside the field of view as on real captures: a text label, and 'x' calipers joined
+    by a dotted line (on the lesion when '+' calipers mark it, else at random); (mask, grey value)."""
+    h, w = fov.shape
+    box = C.mask_box(fov)
+    assert box is not None
+    x0, y0, x1, y1 = box
+    marks = np.zeros((h, w), bool)
+    text = str(rng.choice(_INNER_TEXT))
+    th = float(rng.uniform(8.0, 13.0))
+    tw, tht = C.text_size(text, th)
+    tx = int(rng.integers(x0 + 4, max(x0 + 5, x1 - tw - 4)))
+    ty = int(rng.integers(y0 + (y1 - y0) // 3, max(y0 + (y1 - y0) // 3 + 1, y1 - tht - 4)))
+    marks |= C.text_mask((h, w), text, (tx, ty), th)
+    if rng.random() < 0.6:
+        if cal_points:
+            (ax, ay), (bx, by) = cal_points
+            ax, ay, bx, by = ax + 0.0, ay - 0.6 * abs(bx - ax), bx, by + 0.6 * abs(bx - ax)
+        else:
+            ax, ay = rng.uniform(x0 + 20, x1 - 20), rng.uniform(y0 + 20, y1 - 20)
+            ang, length = rng.uniform(0, np.pi), rng.uniform(25, 80)
+            bx, by = ax + length * np.cos(ang), ay + length * np.sin(ang)
+        canvas = np.zeros((h, w), np.uint8)
+        for px, py in ((ax, ay), (bx, by)):
+            cx, cy, a = int(round(px)), int(round(py)), 3
+            cv2.line(canvas, (cx - a, cy - a), (cx + a, cy + a), 1, 1, cv2.LINE_8)
+            cv2.line(canvas, (cx - a, cy + a), (cx + a, cy - a), 1, 1, cv2.LINE_8)
+        n = int(np.hypot(bx - ax, by - ay) // 6)
+        if rng.random() < 0.5 and n >= 3:
+            for t in np.linspace(0.0, 1.0, n + 1)[1:-1]:
+                dx, dy = int(round(ax + t * (bx - ax))), int(round(ay + t * (by - ay)))
+                canvas[max(dy - 1, 0):dy + 1, max(dx - 1, 0):dx + 1] = 1
+        marks |= canvas > 0
+    return marks & fov, float(rng.uniform(170.0, 255.0))
 
 
 def _write_us_dicom(path: Path, pixels: np.ndarray, exam_id: str, side: str, k: int, seed: int, date: str, age: int, spacing: float) -> None:
@@ -345,6 +416,8 @@ def generate_us_cohort(
     id_prefix: str | None = None,
     overwrite: bool = False,
     progress: C.ProgressFn | None = None,
+    annotation_masks: bool = False,
+    inner_labels: bool = False,
 ) -> list[Exam]:
     """Write a synthetic breast-ultrasound cohort and its ``manifest.jsonl``; return the exams.
 
@@ -362,6 +435,12 @@ def generate_us_cohort(
         id_prefix: exam-id prefix (no underscore); default ``us<seed>-``.
         overwrite: allow a non-empty ``out_dir`` (files of a previous cohort there are replaced).
         progress: optional callback ``progress(done, total)`` after each exam.
+        annotation_masks: also write each image's burned-in annotation mask as
+            ``<stem>_annotations.png`` (its file name, in the image's folder, in
+            ``meta["annotation_mask"]``), the ground truth
+            of annotation detection.
+        inner_labels: also burn a text label, 'x' calipers and dotted lines inside the field of
+            view (see :func:`render_us_image_full`); off by default, so cohorts stay as before.
     """
     n_patients = C.check_count("n_patients", n_patients)
     seed = C.check_seed(seed)
@@ -386,7 +465,8 @@ def generate_us_cohort(
     exams = []
     for i in range(n_patients):
         exams.append(
-            _make_exam(out, seed, i, prefix, min_images, max_images, prevalence, benign_prevalence, both_breasts, fmt)
+            _make_exam(out, seed, i, prefix, min_images, max_images, prevalence, benign_prevalence, both_breasts, fmt,
+                       annotation_masks, inner_labels)
         )
         if progress is not None:
             progress(i + 1, n_patients)
@@ -405,6 +485,8 @@ def _make_exam(
     benign_prevalence: float,
     both_breasts: float,
     fmt: str,
+    annotation_masks: bool = False,
+    inner_labels: bool = False,
 ) -> Exam:
     rng = C.sub_rng(seed, i, 0)
     exam_id = f"{prefix}{i + 1:04d}"
@@ -434,7 +516,8 @@ def _make_exam(
             img_rng = C.sub_rng(seed, i, 1000 + 100 * (side == "R") + k)
             les_k = lesion if shows[k] else None
             calipers = bool(les_k is not None and img_rng.random() < 0.5)
-            pixels, lmask, meta = render_us_image(img_rng, dev, les_k, side, clock, calipers)
+            rendered = render_us_image_full(img_rng, dev, les_k, side, clock, calipers, inner_labels)
+            pixels, lmask, meta = rendered.pixels, rendered.lesion_mask, rendered.meta
             spacing = meta["pixel_spacing_mm"]
             view = f"{side}-US"
             stem = f"{exam_id}_{view}_{k}"
@@ -444,6 +527,10 @@ def _make_exam(
             else:
                 path = out / f"{stem}.dcm"
                 _write_us_dicom(path, pixels, exam_id, side, k, seed, date, age, spacing)
+            if annotation_masks:
+                apath = out / f"{stem}_annotations.png"
+                C.write_mask(apath, rendered.annotation_mask, spacing)
+                meta["annotation_mask"] = apath.name  # next to the image
             masks, rois = [], []
             if les_k is not None and lmask is not None and lmask.any():
                 mpath = out / f"{stem}_mask_{les_k.label}_0.png"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -101,3 +102,22 @@ def move_batch(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_batch(v, device) for v in batch)
     return batch
+
+
+def write_skipped_lesions(run_dir: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    """``RUN_DIR/skipped_lesions.csv``: one row per lesion a recipe left out (lesion, reason); removed when none."""
+    import csv
+
+    from breastscreen.utils import atomic_path
+
+    path = Path(run_dir) / "skipped_lesions.csv"
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    if not path.parent.is_dir():
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["lesion", "reason"])
+            w.writerows(skipped)

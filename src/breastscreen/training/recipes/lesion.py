@@ -44,6 +44,7 @@ from breastscreen.training.datasets import check_preprocessed, describe_exams, l
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask
 from breastscreen.training.losses import patch_class_weights, weighted_cross_entropy
 from breastscreen.training.recipes import Recipe, register_recipe
+from breastscreen.training.recipes.common import write_skipped_lesions
 
 
 @dataclass
@@ -109,25 +110,6 @@ def _background_boxes(exams: Sequence[Exam], spec: LesionSpec, n: int, seed: int
         box = np.array([s.cy + 0.5 - half, s.cx + 0.5 - half, s.cy + 0.5 + half, s.cx + 0.5 + half])
         out.setdefault(src.key, []).append((box, int(s.label)))
     return out
-
-
-def _write_skipped(run_dir: Path, skipped: Sequence[tuple[str, str]]) -> None:
-    """``RUN_DIR/skipped_lesions.csv``: one row per lesion left out (key, reason); removed when none."""
-    import csv
-
-    from breastscreen.utils import atomic_path
-
-    path = run_dir / "skipped_lesions.csv"
-    if not skipped:
-        path.unlink(missing_ok=True)
-        return
-    if not run_dir.is_dir():
-        return
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["lesion", "reason"])
-            w.writerows(skipped)
 
 
 def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
@@ -226,7 +208,7 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
                 val_items.append((im, rec, lesion_region(rec, im.shape)))
             except BreastscreenError as exc:
                 skipped.append((rec.key, str(exc)))
-    _write_skipped(Path(cfg.out), skipped)
+    write_skipped_lesions(Path(cfg.out), skipped)
     if len({rec.outcome for _, rec, _ in val_items}) < 2:
         raise BreastscreenError(f"{cfg.val_manifest}: validation needs benign and malignant lesions")
 

@@ -40,6 +40,7 @@ Both take ``recipe.train_fraction`` (a seeded subset of the training exams).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -62,7 +63,7 @@ from breastscreen.training.image_datasets import (
 )
 from breastscreen.training.loop import DistInfo, EvalContext, Stage, TrainTask
 from breastscreen.training.recipes import Recipe, register_recipe
-from breastscreen.training.recipes.common import build_model, move_batch
+from breastscreen.training.recipes.common import build_model, check_input_fits, move_batch, write_skipped_lesions
 
 
 @dataclass
@@ -136,9 +137,15 @@ def build_roi_patch(cfg: TrainConfig, info: DistInfo, member: int | None) -> Tra
                                min_overlap=opts.min_overlap, label_of=label_of)
     val_pset = roi_patch_set(val_src, n_per_roi, cfg.seed + 1, patch_size=spec.patch_size,
                              min_overlap=opts.min_overlap, label_of=label_of)
+    write_skipped_lesions(Path(cfg.out), [tuple(s.split(": ", 1)) if ": " in s else (s, "") for s in train_pset.skipped])
+    for name, pset, src in (("training", train_pset, cfg.manifest), ("validation", val_pset, cfg.val_manifest)):
+        if not any(p.label != 0 for p in pset.specs):
+            raise BreastscreenError(f"{src}: no {name} image has a usable lesion ROI for roi-patch sampling "
+                                    f"({len(pset.skipped)} lesion(s) skipped; see skipped_lesions.csv)")
     train_set = RoiPatchDataset(train_src, train_pset, augment=opts.augment, seed=cfg.seed)
     val_set = RoiPatchDataset(val_src, val_pset)
     model = build_model(cfg, "resnet50-patch", member, num_classes=len(classes))
+    check_input_fits(model, (2, 1, spec.patch_size, spec.patch_size), f"a {spec.patch_size}-px ROI patch")
 
     def compute_loss(m: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         b = move_batch(batch, device)
@@ -237,6 +244,8 @@ def build_whole_image(cfg: TrainConfig, info: DistInfo, member: int | None) -> T
     else:
         spec = ImageSpec(kind="allconv", input="resize", scale=scale, aggregation=opts.aggregation,
                          image_size=(int(opts.image_size[0]), int(opts.image_size[1])))
+    check_input_fits(model, (2, spec.in_channels, *spec.image_size),
+                     f"a whole image of size {list(spec.image_size)} ({cfg.init_from or cfg.manifest})")
     train_set = WholeImageDataset(train_exams, spec, augment=opts.augment, seed=cfg.seed, cache_mb=cfg.cache_mb,
                                   source=cfg.manifest)
     val_set = WholeImageDataset(val_exams, spec, cache_mb=cfg.cache_mb, source=cfg.val_manifest)
