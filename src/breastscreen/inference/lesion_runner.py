@@ -51,13 +51,15 @@ def _safe(text: str) -> str:
 
 
 def lesion_picture(result: LesionResult, image: np.ndarray, path: Path, n_windows: int = 12) -> Path:
-    """The lesion's neighbourhood (ROI outline, a sample of windows) beside its image's saliency maps."""
+    """The lesion's neighbourhood (ROI outline, a sample of windows) beside the whole image with the
+    global saliency maps over it (benign green, malignant red) and the lesion's place boxed."""
     import cv2
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from breastscreen.viz.overlay import window_grey
+    from breastscreen.specs.wholeimage import resize_image
+    from breastscreen.viz.overlay import ViewPanel, draw_panel, window_grey
 
     rec = result.record
     ys, xs = np.nonzero(result.region)
@@ -66,10 +68,9 @@ def lesion_picture(result: LesionResult, image: np.ndarray, path: Path, n_window
     x0 = int(max(0, min(xs.min(), boxes[:, 1].min()) - 8))
     y1 = int(min(image.shape[0], max(ys.max(), boxes[:, 2].max()) + 8))
     x1 = int(min(image.shape[1], max(xs.max(), boxes[:, 3].max()) + 8))
-    n_panels = 1 + (2 if result.saliency is not None else 0)
-    fig = Figure(figsize=(4 * n_panels, 4.4))
+    fig = Figure(figsize=(9, 4.6))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, n_panels, 1)
+    ax = fig.add_subplot(1, 2, 1)
     ax.imshow(window_grey(image[y0:y1, x0:x1]), cmap="gray")
     contours, _ = cv2.findContours(result.region[y0:y1, x0:x1].astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_NONE)
@@ -78,15 +79,19 @@ def lesion_picture(result: LesionResult, image: np.ndarray, path: Path, n_window
     for b in boxes[:n_windows]:
         ax.add_patch(Rectangle((b[1] - x0, b[0] - y0), b[3] - b[1], b[2] - b[0], fill=False, ec="cyan", lw=0.6,
                                alpha=0.7))
-    ax.set_title(f"{rec.exam_id} {rec.view} {rec.lesion_id}\nmalignant {result.malignant:.3f}"
-                 f"{' (' + rec.outcome + ')' if rec.outcome else ''}", fontsize=9)
+    ax.set_title(f"{rec.exam_id} {rec.view} lesion {rec.lesion_id}: malignant {result.malignant:.3f}, "
+                 f"benign {result.benign:.3f}" + (f"\n(biopsy: {rec.outcome})" if rec.outcome else ""), fontsize=8)
     ax.axis("off")
+    whole = fig.add_subplot(1, 2, 2)
+    maps = {}
     if result.saliency is not None:
-        for j, (name, cmap) in enumerate((("benign", "Greens"), ("malignant", "Reds"))):
-            a = fig.add_subplot(1, n_panels, 2 + j)
-            a.imshow(result.saliency[j], cmap=cmap, vmin=0, vmax=1)
-            a.set_title(f"saliency {name}", fontsize=9)
-            a.axis("off")
+        sal = resize_image(result.saliency, image.shape, "linear")
+        maps = {"benign": sal[0], "malignant": sal[1]}
+    scale = min(1.0, 768 / max(image.shape))
+    draw_panel(whole, ViewPanel(image, maps, "saliency maps (benign green, malignant red)" if maps
+                                else "no context model (local only)"), max_side=768)
+    whole.add_patch(Rectangle((xs.min() * scale - 3, ys.min() * scale - 3), (xs.max() - xs.min()) * scale + 6,
+                              (ys.max() - ys.min()) * scale + 6, fill=False, ec="yellow", lw=1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -74,6 +74,7 @@ class AnnotationParams(BaseModel):
     contrast_quantile: float = Field(0.995, ge=0.5, le=1)  # top-hat quantile of the image that counts as strong
     calipers: bool = True  # look for '+' and 'x' marks (four bright half-arms)
     caliper_arm_px: tuple[int, int] = (3, 6)  # range of caliper arm lengths
+    caliper_outlier: float = Field(1.6, ge=1, le=10)  # caliper response vs the image's 99.9th percentile
     dotted_lines: bool = True  # look for dotted lines between caliper-like marks
     min_chroma: float = Field(60.0, ge=1, le=255)  # RGB sources: max - min channel of a coloured mark
     dilate_px: int = Field(2, ge=0, le=10)  # growth of the mask before inpainting (stroke halos)
@@ -128,41 +129,46 @@ def _stroke_seeds(g: np.ndarray, p: AnnotationParams, thr: float) -> list[np.nda
     return out
 
 
-def _arm_kernels(a: int, diagonal: bool) -> tuple[list[np.ndarray], np.ndarray]:
+def _arm_kernels(a: int, diagonal: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Averaging kernels of the four half-arms of a '+' (or 'x' when ``diagonal``) of arm length
-    ``a`` and of the background samples between the arms."""
+    ``a``, and of the four background sectors between the arms (2 px or more from any arm)."""
     size = 2 * a + 1
+    yy, xx = np.mgrid[-a:a + 1, -a:a + 1]
     arms = []
-    axis = [(0, 1), (0, -1), (1, 0), (-1, 0)]
-    diag = [(1, 1), (1, -1), (-1, 1), (-1, -1)]
-    for dy, dx in diag if diagonal else axis:
+    for dy, dx in ((1, 1), (1, -1), (-1, 1), (-1, -1)) if diagonal else ((0, 1), (0, -1), (1, 0), (-1, 0)):
         k = np.zeros((size, size), np.float32)
         for t in range(1, a + 1):
             k[a + dy * t, a + dx * t] = 1.0
         arms.append(k / k.sum())
-    between = np.zeros((size, size), np.float32)
-    for dy, dx in axis if diagonal else diag:
-        for t in range(2, a + 1):
-            between[a + dy * t, a + dx * t] = 1.0
-    return arms, between / between.sum()
+    if diagonal:
+        away = np.abs(np.abs(yy) - np.abs(xx)) >= 2
+        sectors = [away & (yy < 0) & (np.abs(xx) < -yy), away & (yy > 0) & (np.abs(xx) < yy),
+                   away & (xx < 0) & (np.abs(yy) < -xx), away & (xx > 0) & (np.abs(yy) < xx)]
+    else:
+        sectors = [(yy * sy >= 2) & (xx * sx >= 2) for sy in (-1, 1) for sx in (-1, 1)]
+    return arms, [m.astype(np.float32) / m.sum() for m in sectors]
 
 
 def _calipers(g: np.ndarray, p: AnnotationParams, thr: float) -> np.ndarray:
     """Pixels of '+' and 'x' caliper marks: four bright half-arms around one centre.
 
-    Each half-arm's mean is ``thr`` above the mean of the samples between the arms, so a
-    stroke that only runs one way (a tissue line, a letter) does not respond. The mark's pixels
+    Each half-arm's mean is ``thr``, and ``caliper_outlier`` times the image's 99.9th
+    percentile of the same response, above the mean of the samples between the arms, so a
+    stroke that only runs one way (a tissue line, a letter) or the image's texture does not respond. The mark's pixels
     are those on its arms (1 px either side) at least halfway from that background to the arm level.
     """
     out = np.zeros(g.shape, bool)
     h, w = g.shape
     for a in range(p.caliper_arm_px[0], p.caliper_arm_px[1] + 1):
         for diagonal in (False, True):
-            arms, between = _arm_kernels(a, diagonal)
-            bg = cv2.filter2D(g, -1, between, borderType=cv2.BORDER_REFLECT)
+            arms, sectors = _arm_kernels(a, diagonal)
+            # The brightest sector: every sector between the arms must be dark.
+            bg = np.max([cv2.filter2D(g, -1, k, borderType=cv2.BORDER_REFLECT) for k in sectors], axis=0)
             arm = np.min([cv2.filter2D(g, -1, k, borderType=cv2.BORDER_REFLECT) for k in arms], axis=0)
             resp = arm - bg
-            peak = (resp >= thr) & (resp >= cv2.dilate(resp, np.ones((3, 3), np.uint8)))
+            # Far above what the image's own texture produces (a few crosses barely move the quantile).
+            limit = max(thr, p.caliper_outlier * float(np.quantile(resp[g > 0], 0.999)))
+            peak = (resp >= limit) & (resp >= cv2.dilate(resp, np.ones((3, 3), np.uint8)))
             if not peak.any():
                 continue
             shape = np.zeros((2 * a + 1, 2 * a + 1), np.uint8)
@@ -303,7 +309,7 @@ def detect_annotations(
         cand |= coloured
         seeds |= coloured
         oriented += [coloured, coloured]  # a coloured mark needs no second cue
-    calipers = _calipers(g, p, thr) if p.calipers else empty
+    calipers = _calipers(g, p, 2.0 * thr) if p.calipers else empty
     if not (seeds.any() or calipers.any()):
         return empty, 0
     # Bounded geodesic growth: the rest of a glyph (curves, horizontal bars, arm ends) joins its
