@@ -133,7 +133,12 @@ def test_predict_lesions_agrees_with_training_validation(cohort: dict[str, Path]
     run = predict_lesions(cohort["val"], tmp_path / "full", str(trained["floc"]), str(trained["ctx"]),
                           str(trained["agg"]), pictures=True)
     assert run.rows and not run.errors
-    spec = load_checkpoint(trained["agg"]).spec
+    ck = load_checkpoint(trained["agg"])
+    spec = ck.spec
+    counts = ck.metadata["train_window_counts"]
+    # lesion windows (8 per training lesion) and as many outside/negative windows, split evenly
+    assert counts["outside"] > 0 and counts["negative"] > 0
+    assert counts["outside"] + counts["negative"] == counts["malignant"] + counts["benign"]
     assert spec.family == "lesion" and spec.windows == 6 and spec.maps == ("saliency", "location", "embedding")
     for r in run.rows:
         assert r["malignant"] + r["benign"] == pytest.approx(1.0)

@@ -57,6 +57,17 @@ def standardised_image(image: ImageRef) -> np.ndarray:
     return standardize(preprocessed_pixels(image))
 
 
+def image_identity(image: ImageRef) -> str:
+    """What identifies an image file's content in cache keys: resolved path, frame, size, mtime."""
+    p = Path(image.path)
+    try:
+        st = p.stat()
+        stamp = f"{st.st_size}#{st.st_mtime_ns}"
+    except OSError:
+        stamp = "missing"
+    return f"{p.resolve()}#{image.frame}#{stamp}"
+
+
 def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -119,11 +130,11 @@ class LesionFeatures:
         name = hashlib.sha256(key.encode()).hexdigest()[:24]
         return self.cache / sub / f"{name}.npz"
 
-    def saliency(self, image: ImageRef, view: str, key: str) -> np.ndarray:
+    def saliency(self, image: ImageRef, view: str) -> np.ndarray:
         """The context network's saliency maps [2, h, w] (benign, malignant) of one preprocessed image."""
         if self.context is None:
             raise BreastscreenError("no context model was given")
-        path = self._cached("saliency", key)
+        path = self._cached("saliency", image_identity(image))
         if path is not None and path.is_file():
             return np.load(path)["saliency"]
         spec = self.context.spec
@@ -151,7 +162,7 @@ class LesionFeatures:
         return np.concatenate(probs), np.concatenate(embs)
 
     def lesion_features(self, std_image: np.ndarray, boxes: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`window_features`, cached under ``key`` (the lesion's key plus its window draw)."""
+        """:meth:`window_features`, cached under ``key`` (the image's identity, the lesion and its window draw)."""
         path = self._cached("windows", key)
         if path is not None and path.is_file():
             data = np.load(path)

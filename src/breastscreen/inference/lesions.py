@@ -20,7 +20,7 @@ import torch
 
 from breastscreen.data.types import Exam
 from breastscreen.errors import BreastscreenError
-from breastscreen.inference.lesion_features import LesionFeatures, standardised_image
+from breastscreen.inference.lesion_features import LesionFeatures, image_identity, standardised_image
 from breastscreen.specs.lesion import LesionSpec, lesion_score, lesion_windows
 from breastscreen.specs.mammo import derive_seed
 
@@ -71,11 +71,15 @@ def agg_window_probs(agg: torch.nn.Module, spec: LesionSpec, boxes: np.ndarray, 
 
 
 def score_lesion(features: LesionFeatures, spec: LesionSpec, agg: torch.nn.Module | None, std_image: np.ndarray,
-                 region: np.ndarray, key: str, saliency: np.ndarray | None, device: torch.device
+                 region: np.ndarray, key: str, saliency: np.ndarray | None, device: torch.device, image_id: str = ""
                  ) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """(malignant, benign, windows [n, 4], per-window class probabilities [n, 4]) of one lesion."""
+    """(malignant, benign, windows [n, 4], per-window class probabilities [n, 4]) of one lesion.
+
+    ``key`` (the lesion's key) seeds the windows; ``image_id`` (:func:`image_identity`) keeps the
+    feature cache of one image file apart from another image with the same exam id and view.
+    """
     boxes = spec.windows_for(region, key)
-    probs, emb = features.lesion_features(std_image, boxes, f"{key}#{spec.window_seed}#{spec.windows}")
+    probs, emb = features.lesion_features(std_image, boxes, f"{image_id}#{key}#{spec.window_seed}#{spec.windows}")
     if agg is not None:
         probs = agg_window_probs(agg, spec, boxes, std_image.shape, saliency, emb, device)
     m, b = lesion_score(probs)
@@ -149,13 +153,14 @@ class LesionPredictor:
         std = standardised_image(image)
         saliency = None
         if self.features.context is not None and (self.agg is None or self.spec.needs_context):
-            saliency = self.features.saliency(image, view, f"{exam.exam_id}/{view}/{index}")
+            saliency = self.features.saliency(image, view)
+        image_id = image_identity(image)
         out: list[LesionResult | LesionFailure] = []
         for rec in records:
             try:
                 region = lesion_region(rec, std.shape)
                 m, b, boxes, probs = score_lesion(self.features, self.spec, self.agg, std, region, rec.key,
-                                                  saliency if self.agg is not None else None, self.device)
+                                                  saliency if self.agg is not None else None, self.device, image_id)
             except BreastscreenError as exc:
                 out.append(LesionFailure(rec, str(exc)))
                 continue

@@ -430,7 +430,7 @@ def sources_from_exams(
             pixels = load(img.path)
             lesions = [(load(m.path) > 0, m.label, m.kind) for m in img.masks]
             out.append(PatchSource(pixels, load(rec["breast_mask_path"]) > 0, lesions, negative,
-                                   key=f"{exam.exam_id}/{view}"))
+                                   key=f"{exam.exam_id}/{view}/{index}"))
     if unknown:
         logging.getLogger("breastscreen").info("patch sources: %d images with a lesion of unknown outcome left out",
                                                len(unknown))

@@ -73,8 +73,9 @@ class AnnotationParams(BaseModel):
     group_px: int = Field(4, ge=0, le=50)  # a glyph this close beside an accepted mark, on its line, joins it
     contrast_quantile: float = Field(0.995, ge=0.5, le=1)  # top-hat quantile of the image that counts as strong
     calipers: bool = True  # look for '+' and 'x' marks (four bright half-arms)
-    caliper_arm_px: tuple[int, int] = (3, 6)  # range of caliper arm lengths
-    caliper_outlier: float = Field(1.6, ge=1, le=10)  # caliper response vs the image's 99.9th percentile
+    caliper_arms: tuple[int, ...] = (3, 5)  # caliper arm lengths (px) tried; longer arms respond too
+    caliper_outlier: float = Field(4.0, ge=1, le=20)  # caliper response vs the image's 99.9th percentile
+    caliper_contrast: float = Field(35.0, ge=0, le=255)  # floor of the caliper response (grey levels)
     dotted_lines: bool = True  # look for dotted lines between caliper-like marks
     min_chroma: float = Field(60.0, ge=1, le=255)  # RGB sources: max - min channel of a coloured mark
     dilate_px: int = Field(2, ge=0, le=10)  # growth of the mask before inpainting (stroke halos)
@@ -149,21 +150,23 @@ def _arm_kernels(a: int, diagonal: bool) -> tuple[list[np.ndarray], list[np.ndar
     return arms, [m.astype(np.float32) / m.sum() for m in sectors]
 
 
-def _calipers(g: np.ndarray, p: AnnotationParams, thr: float) -> np.ndarray:
+def _calipers(g: np.ndarray, cand: np.ndarray, p: AnnotationParams, thr: float) -> np.ndarray:
     """Pixels of '+' and 'x' caliper marks: four bright half-arms around one centre.
 
     Each half-arm's mean is ``thr``, and ``caliper_outlier`` times the image's 99.9th
     percentile of the same response, above the mean of the samples between the arms, so a
     stroke that only runs one way (a tissue line, a letter) or the image's texture does not respond. The mark's pixels
-    are those on its arms (1 px either side) at least halfway from that background to the arm level.
+    are the thin bright candidates on its arms (1 px either side) at least halfway from that
+    background to the arm level; half the arms' length must be there.
     """
     out = np.zeros(g.shape, bool)
     h, w = g.shape
-    for a in range(p.caliper_arm_px[0], p.caliper_arm_px[1] + 1):
+    for a in p.caliper_arms:
         for diagonal in (False, True):
             arms, sectors = _arm_kernels(a, diagonal)
-            # The brightest sector: every sector between the arms must be dark.
-            bg = np.max([cv2.filter2D(g, -1, k, borderType=cv2.BORDER_REFLECT) for k in sectors], axis=0)
+            # The second-brightest sector: three of the four sectors between the arms must be dark
+            # (the fourth may hold the caliper's number label).
+            bg = np.sort([cv2.filter2D(g, -1, k, borderType=cv2.BORDER_REFLECT) for k in sectors], axis=0)[-2]
             arm = np.min([cv2.filter2D(g, -1, k, borderType=cv2.BORDER_REFLECT) for k in arms], axis=0)
             resp = arm - bg
             # Far above what the image's own texture produces (a few crosses barely move the quantile).
@@ -181,7 +184,9 @@ def _calipers(g: np.ndarray, p: AnnotationParams, thr: float) -> np.ndarray:
                 y1, x1 = min(y + a + 1, h), min(x + a + 1, w)
                 sub = shape[y0 - (y - a):y1 - (y - a), x0 - (x - a):x1 - (x - a)].astype(bool)
                 level = bg[y, x] + 0.5 * resp[y, x]
-                out[y0:y1, x0:x1] |= sub & (g[y0:y1, x0:x1] >= level)
+                pix = sub & (g[y0:y1, x0:x1] >= level) & cand[y0:y1, x0:x1]
+                if pix.sum() >= 2 * a:  # half of the arms' length is thin and bright
+                    out[y0:y1, x0:x1] |= pix
     return out
 
 
@@ -309,7 +314,7 @@ def detect_annotations(
         cand |= coloured
         seeds |= coloured
         oriented += [coloured, coloured]  # a coloured mark needs no second cue
-    calipers = _calipers(g, p, 2.0 * thr) if p.calipers else empty
+    calipers = _calipers(g, cand, p, p.caliper_contrast) if p.calipers else empty
     if not (seeds.any() or calipers.any()):
         return empty, 0
     # Bounded geodesic growth: the rest of a glyph (curves, horizontal bars, arm ends) joins its

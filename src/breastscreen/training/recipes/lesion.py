@@ -71,6 +71,7 @@ class _Image:
     key: str
     shape: tuple[int, int]
     saliency: np.ndarray | None
+    identity: str = ""
 
 
 class AggWindowDataset(Dataset):
@@ -116,7 +117,7 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
     """TrainTask of KIND lesion (see the module docstring)."""
     from breastscreen.data.lesions import image_lesions, lesion_region
     from breastscreen.evaluation.metrics import roc_auc
-    from breastscreen.inference.lesion_features import LesionFeatures, standardised_image
+    from breastscreen.inference.lesion_features import LesionFeatures, image_identity, standardised_image
     from breastscreen.inference.lesions import score_lesion, training_windows
     from breastscreen.models.registry import create_model
     from breastscreen.training.recipes.context import default_context_size
@@ -154,8 +155,8 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
             image = exam.views[view][k]
             key = f"{exam.exam_id}/{view}/{k}"
             std = standardised_image(image)
-            sal = features.saliency(image, view, key) if spec.needs_context else None
-            images.append(_Image(exam, view, k, key, std.shape, sal))
+            sal = features.saliency(image, view) if spec.needs_context else None
+            images.append(_Image(exam, view, k, key, std.shape, sal, image_identity(image)))
             stds[key] = std
         return images, stds
 
@@ -174,7 +175,7 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
                 skipped.append((rec.key, str(exc)))
                 continue
             b = training_windows(region, opts.windows_per_lesion, spec, cfg.seed, rec.key)
-            _, e = features.lesion_features(train_std[im.key], b, f"train#{rec.key}#{cfg.seed}#{len(b)}")
+            _, e = features.lesion_features(train_std[im.key], b, f"train#{im.identity}#{rec.key}#{cfg.seed}#{len(b)}")
             idx.append(np.full(len(b), i)), boxes.append(b), embs.append(e)
             labels.append(np.full(len(b), PATCH_CLASSES.index(rec.outcome)))
             n_lesion_windows += len(b)
@@ -187,7 +188,8 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
         if i is None:
             continue
         b = np.stack([box for box, _ in items])
-        _, e = features.lesion_features(train_std[src_key], b, f"background#{src_key}#{cfg.seed}#{len(b)}")
+        ident = train_images[i].identity
+        _, e = features.lesion_features(train_std[src_key], b, f"background#{ident}#{src_key}#{cfg.seed}#{len(b)}")
         idx.append(np.full(len(b), i)), boxes.append(b), embs.append(e)
         labels.append(np.array([lab for _, lab in items]))
     del train_std
@@ -215,7 +217,8 @@ def build_lesion(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
     def lesion_auc(m: torch.nn.Module | None, dev: torch.device) -> float:
         ys, ss = [], []
         for im, rec, region in val_items:
-            mal, _, _, _ = score_lesion(features, spec, m, val_std[im.key], region, rec.key, im.saliency, dev)
+            mal, _, _, _ = score_lesion(features, spec, m, val_std[im.key], region, rec.key, im.saliency, dev,
+                                        im.identity)
             ys.append(int(rec.outcome == "malignant"))
             ss.append(mal)
         return roc_auc(np.array(ys), np.array(ss))
