@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 
 from breastscreen.cli import app
 from breastscreen.errors import BreastscreenError
+from breastscreen.labels import PATCH_CLASSES
 from breastscreen.inference.ray_runner import FAULT_ENV, RAY_MISSING, RayOptions, RayWorkError
 from breastscreen.models import create_model, save_checkpoint
 
@@ -68,6 +70,18 @@ def test_ray_option_checks() -> None:
         RayOptions(num_cpus=0)
 
 
+def test_unreachable_cluster_fails_fast() -> None:
+    from breastscreen.inference.ray_runner import check_reachable
+
+    with socket.socket() as free:  # a loopback port that nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    match = rf"could not connect to Ray at ray://127.0.0.1:{port}: .*ray start --head"
+    with pytest.raises(BreastscreenError, match=match):
+        check_reachable(f"ray://127.0.0.1:{port}", timeout=2)
+    check_reachable("auto")  # left to Ray
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -78,7 +92,7 @@ def ray_local():
         pytest.skip("Ray is not installed (pip install 'breastscreen[ray]')")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -246,7 +260,8 @@ def test_failed_worker_is_retried(ray_local, cohort: dict, models: dict, single:
     assert marker.exists()  # the failure did happen
     assert run.ok and len(run.predictions) == 3
     _same_predictions(single["pred"], tmp_path / "pred")
-    _same_heatmap_files(single["pred"] / "heatmaps", tmp_path / "pred" / "heatmaps", (single["pred"], tmp_path / "pred"))
+    _same_heatmap_files(single["pred"] / "heatmaps", tmp_path / "pred" / "heatmaps",
+                        (single["pred"], tmp_path / "pred"))
     resubmitted = [r for r in caplog.records if "resubmitted" in r.message]
     # A dying worker is retried by Ray itself; an error raised in a worker is resubmitted by the driver.
     assert len(resubmitted) == (1 if mode == "raise" else 0)
@@ -259,3 +274,17 @@ def test_retries_are_bounded(ray_local, cohort: dict, models: dict, tmp_path: Pa
     monkeypatch.setenv(FAULT_ENV, f"raise:{tmp_path / 'failed-once'}")
     with pytest.raises(RayWorkError, match="heatmap chunk .* failed in 1 attempts.*injected"):
         _heatmaps(cohort, models, tmp_path / "hm", ray=RayOptions(max_retries=0))
+
+
+@needs_ray
+@pytest.mark.slow
+def test_other_checkpoint_on_a_worker_stops_the_run(ray_local, cohort: dict, models: dict) -> None:
+    from breastscreen.data.manifest import read_manifest
+    from breastscreen.inference.heatmap_runner import heatmap_items
+    from breastscreen.inference.ray_runner import HeatmapJob, map_heatmap_chunks
+
+    items = heatmap_items(read_manifest(cohort["pre"]))[:2]
+    job = HeatmapJob(model_ref=models["patch"], sha256="0" * 64, patch=8, stride=2, batch_size=64, device="cpu",
+                     amp=None, skip_background=False, class_names=PATCH_CLASSES)
+    with pytest.raises(BreastscreenError, match="every node must see the same model files"):
+        list(map_heatmap_chunks(RayOptions(), job, [("chunk0", items)]))

@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 # (The backslash keeps rich's markup from eating "[ray]".)
 _RAY = typer.Option(
     False, "--ray",
-    help="Run the images/exams as Ray tasks: on a local Ray instance, or on the cluster named by --ray-address. "
+    help="Run the images/exams as Ray tasks: on a new local Ray instance, or on the cluster named by --ray-address. "
     "Same output files as without --ray. Needs pip install 'breastscreen\\[ray]'.",
 )
 _RAY_ADDRESS = typer.Option(
     None, "--ray-address", metavar="ADDRESS",
-    help="Existing Ray cluster to run on (implies --ray): auto (the one started on this machine by `ray start`), "
-    "HOST:6379, or ray://HOST:10001.",
+    help="Existing Ray cluster to run on (implies --ray): auto (RAY_ADDRESS, else the one `ray start` made "
+    "on this machine), HOST:6379, or ray://HOST:10001.",
 )
 _RAY_CPUS = typer.Option(None, "--ray-cpus", help="CPUs of the local Ray instance started by --ray (default: all).")
 _RAY_GPUS = typer.Option(0.0, "--ray-gpus", help="GPUs each Ray task reserves (default 0: CPU workers).")

@@ -49,9 +49,9 @@ K = TypeVar("K")
 class RayOptions:
     """Where and how to run on Ray.
 
-    ``address`` None starts (or joins, when ``RAY_ADDRESS`` is set) a local Ray with
-    ``num_cpus`` CPUs (None: all); otherwise it is given to ``ray.init(address=...)``
-    (``auto``, ``HOST:6379`` or ``ray://HOST:10001``). Each task reserves one CPU and
+    ``address`` None starts a new local Ray with ``num_cpus`` CPUs (None: all); otherwise it is
+    given to ``ray.init(address=...)``: ``auto`` (``RAY_ADDRESS``, else the cluster ``ray start``
+    made on this machine), ``HOST:6379`` or ``ray://HOST:10001``. Each task reserves one CPU and
     ``gpus_per_task`` GPUs.
     """
 
@@ -97,8 +97,12 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
         return
     kwargs: dict[str, Any] = {"log_to_driver": False}
     if options.address:
+        check_reachable(options.address)
         kwargs["address"] = options.address
     else:
+        # "local" always starts a new instance: a bare ray.init() would join whatever cluster
+        # `ray start` last recorded on this machine (even a dead one), or RAY_ADDRESS.
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
         if options.num_cpus is not None:
             kwargs["num_cpus"] = options.num_cpus
@@ -111,6 +115,24 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens, in seconds.
+
+    Without this, ``ray.init`` retries an unreachable head for a quarter of an hour.
+    ``auto`` and other forms are left to Ray.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BreastscreenError(
+            f"could not connect to Ray at {address}: {exc}; start the head node with `ray start --head` "
+            "and pass the address it prints"
+        ) from None
 
 
 def worker_ref(ref: str) -> str:
