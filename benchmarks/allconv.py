@@ -29,9 +29,7 @@ Protocol, fixed before any held-out number was seen (CPU-sized reductions of the
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import cv_parser, elapsed_logger, environment, synthetic_cohorts  # noqa: E402
 from minimias_patch_cv import auc_with_ci, patient_folds, prepare_data  # noqa: E402
 
 from breastscreen.utils import atomic_path  # noqa: E402
@@ -121,20 +120,12 @@ def patch_accuracy(ckpt: Path, exams: Sequence[Any], n_per_roi: int, seed: int) 
 def synthetic(work: Path, n_boot: int, seed: int, log: Any) -> dict[str, Any]:
     """The synthetic-phantom part of the protocol."""
     from breastscreen.data.manifest import read_manifest, write_manifest
-    from breastscreen.preprocess.pipeline import preprocess_manifest
-    from breastscreen.synthetic.mammo import generate_mammo_cohort
 
     done = work / "synthetic.json"
     if done.exists():
         return json.loads(done.read_text())
-    manifests = {}
-    for name, n, s in (("train", 80, seed), ("val", 20, seed + 1), ("test", 60, seed + 2)):
-        pre = work / f"synth-{name}"
-        if not (pre / "manifest.jsonl").exists():
-            exams = generate_mammo_cohort(work / f"synth-raw-{name}", n, seed=100 + s, scale=0.125, prevalence=0.4,
-                                          benign_prevalence=0.3, overwrite=True)
-            preprocess_manifest(exams, pre, 0.125, overwrite=True)
-        manifests[name] = pre / "manifest.jsonl"
+    manifests = synthetic_cohorts(work, (("train", 80, 100 + seed), ("val", 20, 101 + seed), ("test", 60, 102 + seed)),
+                                  0.125, 0.4, 0.3)
     log("synthetic cohorts ready")
     roi = roi_patch(manifests["train"], manifests["val"], work / "synth-roi", seed)
     log("synthetic roi-patch trained")
@@ -213,30 +204,18 @@ def mini_mias(data: str, work: Path, synthetic_ckpt: Path, n_boot: int, seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="mini-MIAS folder (images/, Info.txt)")
-    ap.add_argument("--work", required=True, help="scratch folder (not committed)")
-    ap.add_argument("--out", required=True, help="results JSON")
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--skip-minimias", action="store_true", help="only the synthetic part")
-    args = ap.parse_args(argv)
+    args = cv_parser(__doc__).parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
+    t0, log = time.time(), elapsed_logger()
 
     summary: dict[str, Any] = {"protocol": __doc__.split("Protocol, ")[1].strip(), "seed": args.seed}
     summary["synthetic"] = synthetic(work, args.bootstrap, args.seed, log)
     if not args.skip_minimias:
         summary["mini_mias"] = mini_mias(args.data, work, Path(summary["synthetic"]["checkpoint"]), args.bootstrap,
                                          args.seed, log)
-    summary["environment"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                              "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1)}
+    summary["environment"] = environment(t0)
     summary["command"] = "python benchmarks/allconv.py " + " ".join(sys.argv[1:] if argv is None else argv)
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

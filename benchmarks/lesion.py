@@ -39,9 +39,7 @@ the composition above. Nothing else changed.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import cv_parser, elapsed_logger, environment, synthetic_cohorts  # noqa: E402
 from lesion_ablation import MAPS, ablation, compare, predict, train_agg, train_run  # noqa: E402
 
 from breastscreen.utils import atomic_path  # noqa: E402
@@ -73,20 +72,10 @@ def base_networks(train_m: Path, val_m: Path, runs: Path, seed: int) -> tuple[Pa
 
 def synthetic(work: Path, n_boot: int, seed: int, log: Any) -> dict[str, Any]:
     """The synthetic-phantom part of the protocol (with the ablation)."""
-    from breastscreen.preprocess.pipeline import preprocess_manifest
-    from breastscreen.synthetic.mammo import generate_mammo_cohort
-
     done = work / "synthetic.json"
     if done.exists():
         return json.loads(done.read_text())
-    manifests = {}
-    for name, n, s in (("train", 80, 201), ("val", 20, 202), ("test", 60, 203)):
-        pre = work / f"synth-{name}"
-        if not (pre / "manifest.jsonl").exists():
-            exams = generate_mammo_cohort(work / f"synth-raw-{name}", n, seed=s, scale=SCALE, prevalence=0.5,
-                                          benign_prevalence=0.6, overwrite=True)
-            preprocess_manifest(exams, pre, SCALE, overwrite=True)
-        manifests[name] = pre / "manifest.jsonl"
+    manifests = synthetic_cohorts(work, (("train", 80, 201), ("val", 20, 202), ("test", 60, 203)), SCALE, 0.5, 0.6)
     log("synthetic cohorts ready")
     runs = work / "synth-runs"
     floc, ctx = base_networks(manifests["train"], manifests["val"], runs, seed)
@@ -130,23 +119,11 @@ def mini_mias(data: str, work: Path, n_boot: int, seed: int, log: Any) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="mini-MIAS folder (images/, Info.txt)")
-    ap.add_argument("--work", required=True, help="scratch folder (not committed)")
-    ap.add_argument("--out", required=True, help="results JSON")
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--skip-minimias", action="store_true", help="only the synthetic part")
-    args = ap.parse_args(argv)
+    args = cv_parser(__doc__).parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
-
+    t0, log = time.time(), elapsed_logger()
     out = Path(args.out)
     summary: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     summary.update({"protocol": __doc__.split("Protocol, ")[1].strip(), "seed": args.seed})
@@ -157,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_minimias:
         summary["mini_mias"] = mini_mias(args.data, work, args.bootstrap, args.seed, log)
         summary["complete"] = True
-    summary["environment"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                              "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1)}
+    summary["environment"] = environment(t0)
     summary["command"] = "python benchmarks/lesion.py " + " ".join(sys.argv[1:] if argv is None else argv)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

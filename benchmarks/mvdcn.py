@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -33,7 +32,11 @@ from typing import Any
 
 import torch
 
-from breastscreen.utils import atomic_path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import elapsed_logger, environment, synthetic_cohorts  # noqa: E402
+
+from breastscreen.utils import atomic_path  # noqa: E402
 
 SCALE = 0.125
 
@@ -45,25 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from breastscreen.preprocess.pipeline import preprocess_manifest
-    from breastscreen.synthetic.mammo import generate_mammo_cohort
     from breastscreen.training.runner import train
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
-
-    manifests = {}
-    for name, n, s in (("train", 240, 301), ("val", 60, 302), ("test", 200, 303)):
-        pre = work / f"pre-{name}"
-        if not (pre / "manifest.jsonl").exists():
-            exams = generate_mammo_cohort(work / f"raw-{name}", n, seed=s, scale=SCALE, prevalence=0.2,
-                                          benign_prevalence=0.4, overwrite=True)
-            preprocess_manifest(exams, pre, SCALE, overwrite=True)
-        manifests[name] = pre / "manifest.jsonl"
+    t0, log = time.time(), elapsed_logger()
+    manifests = synthetic_cohorts(work, (("train", 240, 301), ("val", 60, 302), ("test", 200, 303)), SCALE, 0.2, 0.4,
+                                  raw="raw-{}", pre="pre-{}")
     log("cohorts ready")
     run = work / "run"
     if not (run / "done").exists():
@@ -87,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": __doc__.split("Protocol, ")[1].strip(),
         "birads": metrics.get("birads"),
         "n_test_exams": metrics.get("birads", {}).get("n"),
-        "environment": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1)},
+        "environment": environment(t0),
         "command": "python benchmarks/mvdcn.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     with atomic_path(args.out) as tmp:

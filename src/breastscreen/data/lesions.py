@@ -40,7 +40,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
@@ -244,6 +244,17 @@ def lesion_region(record: LesionRecord, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _each_image_lesions(exams: Iterable[Exam]) -> Iterator[tuple[ImageRef, list[LesionRecord] | LesionError]]:
+    """Every image with its lesion records, or the error building them raised."""
+    for exam in exams:
+        for view in ALL_VIEWS:
+            for index, image in enumerate(exam.views.get(view, [])):
+                try:
+                    yield image, image_lesions(exam, view, index, image)
+                except LesionError as exc:
+                    yield image, exc
+
+
 def lesion_summary(exams: Iterable[Exam]) -> dict[str, Any]:
     """Counts of the lesions of ``exams`` (for ``manifest check``).
 
@@ -258,21 +269,16 @@ def lesion_summary(exams: Iterable[Exam]) -> dict[str, Any]:
     kind: Counter[str] = Counter()
     shape = Counter({k: 0 for k in SHAPES})
     errors: list[str] = []
-    for exam in exams:
-        for view in ALL_VIEWS:
-            for index, image in enumerate(exam.views.get(view, [])):
-                try:
-                    records = image_lesions(exam, view, index, image)
-                except LesionError as exc:
-                    errors.append(str(exc))
-                    continue
-                if records:
-                    images += 1
-                for rec in records:
-                    n += 1
-                    outcome[rec.outcome or UNKNOWN] += 1
-                    kind[rec.kind or UNSPECIFIED_KIND] += 1
-                    shape[rec.shape] += 1
+    for _, records in _each_image_lesions(exams):
+        if isinstance(records, LesionError):
+            errors.append(str(records))
+            continue
+        images += bool(records)
+        for rec in records:
+            n += 1
+            outcome[rec.outcome or UNKNOWN] += 1
+            kind[rec.kind or UNSPECIFIED_KIND] += 1
+            shape[rec.shape] += 1
     return {
         "lesions": n,
         "images_with_lesions": images,
@@ -313,24 +319,20 @@ def lesion_problems(exams: Iterable[Exam]) -> list[str]:
     mask read per lesion (``manifest check`` runs it with its file checks).
     """
     problems: list[str] = []
-    for exam in exams:
-        for view in ALL_VIEWS:
-            for index, image in enumerate(exam.views.get(view, [])):
-                try:
-                    records = image_lesions(exam, view, index, image)
-                except LesionError as exc:
-                    problems.append(str(exc))
-                    continue
-                if not records:
-                    continue
-                try:
-                    shape = _image_shape(image.path)
-                except (BreastscreenError, OSError) as exc:
-                    problems.append(_one_line(f"{image.path}: image unreadable, its lesions cannot be checked ({exc})"))
-                    continue
-                for rec in records:
-                    try:
-                        lesion_region(rec, shape)
-                    except LesionError as exc:
-                        problems.append(str(exc))
+    for image, records in _each_image_lesions(exams):
+        if isinstance(records, LesionError):
+            problems.append(str(records))
+            continue
+        if not records:
+            continue
+        try:
+            shape = _image_shape(image.path)
+        except (BreastscreenError, OSError) as exc:
+            problems.append(_one_line(f"{image.path}: image unreadable, its lesions cannot be checked ({exc})"))
+            continue
+        for rec in records:
+            try:
+                lesion_region(rec, shape)
+            except LesionError as exc:
+                problems.append(str(exc))
     return problems

@@ -1,0 +1,57 @@
+"""Pieces the benchmark scripts share: a timestamped logger, the environment record, synthetic cohorts."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+
+def elapsed_logger() -> Callable[[str], None]:
+    """``log(msg)`` printing ``[seconds since creation] msg`` (flushed, for logs of long runs)."""
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
+
+    return log
+
+
+def environment(t0: float) -> dict[str, Any]:
+    """CPU, torch version, threads and wall seconds since ``t0`` (for the results JSON)."""
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1)}
+
+
+def synthetic_cohorts(work: Path, parts: Sequence[tuple[str, int, int]], scale: float, prevalence: float,
+                      benign_prevalence: float, raw: str = "synth-raw-{}", pre: str = "synth-{}") -> dict[str, Path]:
+    """Preprocessed synthetic mammography cohorts ``(name, n_exams, seed)`` -> their manifests (reused when present)."""
+    from breastscreen.preprocess.pipeline import preprocess_manifest
+    from breastscreen.synthetic.mammo import generate_mammo_cohort
+
+    manifests = {}
+    for name, n, seed in parts:
+        folder = work / pre.format(name)
+        if not (folder / "manifest.jsonl").exists():
+            exams = generate_mammo_cohort(work / raw.format(name), n, seed=seed, scale=scale, prevalence=prevalence,
+                                          benign_prevalence=benign_prevalence, overwrite=True)
+            preprocess_manifest(exams, folder, scale, overwrite=True)
+        manifests[name] = folder / "manifest.jsonl"
+    return manifests
+
+
+def cv_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the synthetic + mini-MIAS benchmark scripts (data, work, out, bootstrap, seed, threads)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="mini-MIAS folder (images/, Info.txt)")
+    ap.add_argument("--work", required=True, help="scratch folder (not committed)")
+    ap.add_argument("--out", required=True, help="results JSON")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-minimias", action="store_true", help="only the synthetic part")
+    return ap
