@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ def environment(t0: float) -> dict[str, Any]:
     import torch
 
     return {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1)}
+            "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1),
+            # other jobs on the machine slow everything down: the 1/5/15-minute load averages say how busy it was
+            "load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
 
 
 def synthetic_cohorts(work: Path, parts: Sequence[tuple[str, int, int]], scale: float, prevalence: float,

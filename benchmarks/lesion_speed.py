@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from breastscreen.utils import atomic_path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import environment  # noqa: E402
+
+from breastscreen.utils import atomic_path  # noqa: E402
 
 CONFIGS = {
     "full_densenet161": {"scale": 1.0, "model_args": {}, "grid": (46, 30)},
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from breastscreen.inference.lesions import score_lesion
 
+    t0 = time.time()
     times: dict[str, list[float]] = {k: [] for k in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
         setups = {k: _setup(k, c, Path(tmp)) for k, c in CONFIGS.items()}
@@ -89,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "windows_per_lesion": 100,
         "configs": {k: {"scale": c["scale"], "f_loc": "densenet161-patch-embed", "model_args": c["model_args"],
                         "grid": c["grid"]} for k, c in CONFIGS.items()},
-        "environment": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()},
+        "environment": environment(t0),
         "command": "python benchmarks/lesion_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     with atomic_path(args.out) as t:
