@@ -22,9 +22,11 @@ Protocol (fixed before the first run):
    * pixel level: precision = detected stroke pixels that are annotation pixels / detected
      pixels; recall = annotation pixels detected / annotation pixels; ``removed`` = annotation
      pixels inside the inpainted (dilated) area / annotation pixels;
-   * mark level: ground-truth marks = 8-connected components of the annotation mask (a letter,
-     a cross, a dot); a mark is hit when a detected pixel lies on it; precision = detected
-     components (8-connected) that touch an annotation pixel / detected components;
+   * mark level: ground-truth marks = 8-connected components of the annotation mask (a letter
+     or word, a cross, a dot); a mark is hit when a detected pixel lies on it; recall over all
+     marks and over glyphs (marks of more than 8 pixels: every mark but the dots of dotted
+     lines); precision = detected components (8-connected) that touch an annotation pixel /
+     detected components;
    * false alarms on lesion-free tissue: detected pixels inside the field of view more than
      2 px from any annotation, per image (mean) and the share of images with any.
 2. BUS-BRA (when the folder exists): for every image with a lesion mask (``Masks/mask_*.png``,
@@ -59,6 +61,10 @@ from breastscreen.preprocess.ultrasound import field_of_view
 from breastscreen.synthetic.ultrasound import _device, _draw_lesion, _fov_mask, render_us_image_full
 from breastscreen.utils import atomic_path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import environment  # noqa: E402
+
 SEED_BASE = 140000
 GRID_IDS = ("bus_0001-l", "bus_0090-r", "bus_0255-r", "bus_0339-r", "bus_0497-l", "bus_0653-l", "bus_0785-s",
             "bus_0982-l")
@@ -79,8 +85,8 @@ class Tally:
     """Pooled pixel- and mark-level counts of one variant and region."""
 
     def __init__(self) -> None:
-        self.c = dict(det=0, det_tp=0, gt=0, gt_found=0, gt_removed=0, marks=0, marks_hit=0, comps=0, comps_tp=0,
-                      false_px=0, images=0, images_false=0)
+        self.c = dict(det=0, det_tp=0, gt=0, gt_found=0, gt_removed=0, marks=0, marks_hit=0, glyphs=0, glyphs_hit=0,
+                      comps=0, comps_tp=0, false_px=0, images=0, images_false=0)
 
     def add(self, det: np.ndarray, area: np.ndarray, gt: np.ndarray, region: np.ndarray) -> None:
         """Count one image restricted to ``region``."""
@@ -91,9 +97,13 @@ class Tally:
         c["gt"] += int(g.sum())
         c["gt_found"] += int((d & g).sum())
         c["gt_removed"] += int((a & g).sum())
-        n, lab = cv2.connectedComponents(g.astype(np.uint8), connectivity=8)
+        n, lab, st, _ = cv2.connectedComponentsWithStats(g.astype(np.uint8), connectivity=8)
         c["marks"] += n - 1
-        c["marks_hit"] += len(set(np.unique(lab[d & g])) - {0})
+        hit = set(np.unique(lab[d & g])) - {0}
+        c["marks_hit"] += len(hit)
+        glyphs = {k for k in range(1, n) if st[k, cv2.CC_STAT_AREA] > 8}  # letters, words, crosses (not dots)
+        c["glyphs"] += len(glyphs)
+        c["glyphs_hit"] += len(glyphs & hit)
         n, lab = cv2.connectedComponents(d.astype(np.uint8), connectivity=8)
         c["comps"] += n - 1
         c["comps_tp"] += len(set(np.unique(lab[d & g])) - {0})
@@ -114,9 +124,11 @@ class Tally:
             "pixel_precision": ratio(c["det_tp"], c["det"]), "pixel_recall": ratio(c["gt_found"], c["gt"]),
             "pixel_removed": ratio(c["gt_removed"], c["gt"]),
             "mark_precision": ratio(c["comps_tp"], c["comps"]), "mark_recall": ratio(c["marks_hit"], c["marks"]),
+            "mark_recall_glyphs": ratio(c["glyphs_hit"], c["glyphs"]),
             "false_pixels_per_image": ratio(c["false_px"], c["images"]),
             "images_with_false_alarm": ratio(c["images_false"], c["images"]),
-            "n_annotation_pixels": c["gt"], "n_marks": c["marks"], "n_detected_components": c["comps"],
+            "n_annotation_pixels": c["gt"], "n_marks": c["marks"], "n_glyphs": c["glyphs"],
+            "n_detected_components": c["comps"],
             "n_images": c["images"],
         }
 
@@ -244,13 +256,13 @@ def write_grid(root: Path, params: AnnotationParams, path: Path) -> list[str]:
             continue
         img = cv2.imread(str(ipath), cv2.IMREAD_GRAYSCALE)
         res = remove_annotations(img, params=params)
-        size = (220, 240)
+        size = (200, 218)
         tiles_before.append(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
         tiles_after.append(cv2.resize(res.pixels, size, interpolation=cv2.INTER_AREA))
         used.append(image_id)
     if not used:
         return used
-    pad = np.full((240, 4), 255, np.uint8)
+    pad = np.full((218, 4), 255, np.uint8)
 
     def strip(tiles: list[np.ndarray]) -> np.ndarray:
         return np.hstack([x for t in tiles for x in (t, pad)][:-1])
@@ -292,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result["busbra"] = f"skipped: {root} not found"
     result["seconds"] = round(time.time() - t0, 1)
+    result["environment"] = environment(t0)  # load average: other jobs slow the timings down
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -163,12 +163,13 @@ def test_bus_bra_real_counts(shared_data: Path) -> None:
 
 def test_busi_fixture(tmp_path: Path) -> None:
     root = tmp_path / "busi"
-    _png(root / "benign" / "benign (1).png")
+    # Distinct pixels per image: identical images are reported as duplicates (test_busi_layouts.py).
+    _png(root / "benign" / "benign (1).png", value=1)
     _png(root / "benign" / "benign (1)_mask.png", value=255)
     _png(root / "benign" / "benign (1)_mask_1.png", value=255)
-    _png(root / "malignant" / "malignant (10).png")
+    _png(root / "malignant" / "malignant (10).png", value=2)
     _png(root / "malignant" / "malignant (10)_mask.png", value=255)
-    _png(root / "normal" / "normal (2).png")
+    _png(root / "normal" / "normal (2).png", value=3)
     _png(root / "normal" / "normal (2)_mask.png")
     _png(root / "normal" / "stray.png")
     problems: list = []

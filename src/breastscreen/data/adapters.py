@@ -24,7 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-# CBIS-DDSM and VinDr-Mammo live in _adapt_mg (module size); their names are re-exported here.
+# BUSI lives in _adapt_busi, CBIS-DDSM and VinDr-Mammo in _adapt_mg (module size); their names
+# are re-exported here.
+from breastscreen.data._adapt_busi import adapt_busi, describe_busi_folder  # noqa: F401
 from breastscreen.data._adapt_mg import (  # noqa: F401
     CBIS_TABLES,
     VINDR_LABELS,
@@ -295,59 +297,6 @@ def adapt_bus_bra(root: str | os.PathLike[str], problems: Problems | None = None
         if valid:
             exam.birads = max(valid)
         exams.append(exam)
-    return exams
-
-
-# =========================================================================== BUSI
-
-_BUSI_NAME = re.compile(r"^(?P<cls>benign|malignant|normal) \((?P<n>\d+)\)(?P<mask>_mask(?:_(?P<k>\d+))?)?$")
-
-
-def adapt_busi(root: str | os.PathLike[str], problems: Problems | None = None) -> list[Exam]:
-    """BUSI (``benign/``, ``malignant/``, ``normal/`` with ``<class> (N).png`` and masks
-    ``<class> (N)_mask.png``, ``<class> (N)_mask_1.png`` ...) → one ultrasound exam per image.
-
-    Side unknown → view ``U-US``; label ``labels["U"]`` from the folder (normal = 0/0).
-    Masks of benign/malignant images are attached with that label; masks of normal images
-    (empty) are not. Exam ids ``busi-<class>-<N>``.
-    """
-    root = Path(root).resolve()
-    exams = []
-    found_any = False
-    for cls in ("benign", "malignant", "normal"):
-        folder = root / cls
-        if not folder.is_dir():
-            continue
-        found_any = True
-        images: dict[int, Path] = {}
-        masks: dict[int, list[tuple[int, Path]]] = defaultdict(list)
-        for f in sorted(folder.iterdir()):
-            if f.name.startswith(".") or f.is_dir():
-                continue
-            if dataset_file(root, f, problems, f"{cls}/") is None:
-                continue
-            m = _BUSI_NAME.match(f.stem) if f.suffix.lower() == ".png" else None
-            if not m or m.group("cls") != cls:
-                problem(problems, str(f), f"not a BUSI file name for folder {cls}/ (expected '{cls} (N).png')")
-                continue
-            n = int(m.group("n"))
-            if m.group("mask"):
-                masks[n].append((int(m.group("k") or 0), f))
-            else:
-                images[n] = f
-        for n in sorted(images):
-            image = ImageRef(path=str(images[n]), meta={"class": cls})
-            if cls != "normal":
-                image.masks = [LesionMask(str(p), cls, "lesion") for _, p in sorted(masks.get(n, []))]
-            exam = Exam(exam_id=f"busi-{cls}-{n}", modality=Modality.US, views={"U-US": [image]},
-                        labels={"U": BreastLabel(int(cls == "benign"), int(cls == "malignant"))},
-                        meta={"dataset": "BUSI"})
-            exams.append(exam)
-        for n in sorted(set(masks) - set(images)):
-            for _, p in masks[n]:
-                problem(problems, str(p), "mask without its image")
-    if not found_any:
-        raise ManifestError(f"{root}: no benign/, malignant/ or normal/ folder (BUSI layout)")
     return exams
 
 

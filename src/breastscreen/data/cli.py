@@ -274,6 +274,12 @@ def adapt_cmd(
         kwargs.update(masks_dir=masks_dir, side_convention=side_convention)
     elif masks_dir is not None:
         raise ManifestError("--masks-dir applies to mini-mias only")
+    if key == "busi":
+        from breastscreen.data.adapters import describe_busi_folder
+
+        layout = describe_busi_folder(root)
+        if layout.kind is not None:  # a rejected folder is reported by the adapter's error
+            _out.print(layout.message, highlight=False)
     exams = ADAPTERS[key](root, **kwargs)
     if problems:
         _refuse_existing(report, overwrite)

@@ -52,7 +52,9 @@ class ImageData:
 
     ``pixels``: float32 array (rows, columns), brighter = denser; ``pixel_spacing``: (row, col)
     in mm or ``None`` when unknown; ``bits_stored``: bit depth of the stored values;
-    ``source``: the file path; ``meta``: header facts (photometric interpretation, window ...).
+    ``source``: the file path; ``meta``: header facts (photometric interpretation, window ...);
+    ``colour``: the (rows, columns, 3) samples of a colour image before it was collapsed to grey
+    (ultrasound screen captures: coloured marks are a cue of annotation removal), else ``None``.
     """
 
     pixels: np.ndarray
@@ -60,6 +62,7 @@ class ImageData:
     bits_stored: int
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
+    colour: np.ndarray | None = None
 
 
 def is_dicom_file(path: str | os.PathLike[str]) -> bool:
@@ -282,6 +285,7 @@ def dataset_image(ds: Any, path: str = "<dataset>", frame: int | None = None, ma
         raise ImageReadError(f"{path}: decoded pixels have shape {arr.shape}, the header says {expected_shape}")
 
     photometric = module.photometric
+    colour: np.ndarray | None = None
     meta: dict[str, Any] = {
         "format": "dicom",
         "photometric": photometric,
@@ -299,6 +303,7 @@ def dataset_image(ds: Any, path: str = "<dataset>", frame: int | None = None, ma
     if arr.ndim == 3:  # colour (ultrasound screenshots, palette images): collapse to grey
         meta["collapsed_from_samples"] = int(arr.shape[-1])
         pixels = _grey_from_rgb(arr)
+        colour = arr[..., :3]
         bits = 8 if arr.dtype.itemsize == 1 else 16
     elif arr.ndim == 2:
         if arr.dtype.kind in "iu":
@@ -339,7 +344,7 @@ def dataset_image(ds: Any, path: str = "<dataset>", frame: int | None = None, ma
     rejected = rejected_spacing(ds)
     if rejected and spacing is None:
         meta["spacing_rejected"] = rejected
-    return ImageData(np.ascontiguousarray(pixels, dtype=np.float32), spacing, bits, path, meta)
+    return ImageData(np.ascontiguousarray(pixels, dtype=np.float32), spacing, bits, path, meta, colour)
 
 
 def _spacing_candidates(ds: Any) -> list[tuple[str, Any]]:
@@ -471,11 +476,13 @@ def _load_raster(path: str, frame: int | None, max_pixels: int | None) -> ImageD
         raise ImageReadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
 
     meta: dict[str, Any] = {"format": Path(path).suffix.lower().lstrip("."), "mode": mode}
+    colour: np.ndarray | None = None
     if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr"):
         if mode == "CMYK":
             raise ImageReadError(f"{path}: CMYK images are not supported")
         pixels = _grey_from_rgb(arr)
         meta["collapsed_from_samples"] = int(arr.shape[-1])
+        colour = arr[..., :3] if mode != "YCbCr" else None
         bits = 8
     elif mode in ("LA", "La"):
         pixels = arr[..., 0].astype(np.float32)
@@ -500,7 +507,7 @@ def _load_raster(path: str, frame: int | None, max_pixels: int | None) -> ImageD
         raise ImageReadError(f"{path}: unsupported image mode {mode!r}")
     if pixels.ndim != 2:
         raise ImageReadError(f"{path}: expected a 2-D image, got shape {pixels.shape}")
-    return ImageData(np.ascontiguousarray(pixels, dtype=np.float32), _png_spacing(info), bits, path, meta)
+    return ImageData(np.ascontiguousarray(pixels, dtype=np.float32), _png_spacing(info), bits, path, meta, colour)
 
 
 def load_image(

@@ -104,19 +104,13 @@ def _attribute(problems: Sequence[tuple[str, str]], exam_ids: Iterable[str]) -> 
 
 
 def is_busi_folder(folder: Path) -> bool:
-    """True when ``folder`` has the BUSI layout: a ``benign/``, ``malignant/`` or ``normal/``
-    subfolder holding at least one ``<class> (N).png`` (BUSI names have no ``<exam_id>_`` prefix,
-    so the generic folder builder cannot place them)."""
-    import re
+    """True when ``folder`` has a BUSI layout (:func:`breastscreen.data.adapters.describe_busi_folder`:
+    ``benign/``, ``malignant/``, ``normal/`` with images beside their masks or in ``images/`` +
+    ``masks/`` subfolders); BUSI names have no ``<exam_id>_`` prefix, so the generic folder
+    builder cannot place them."""
+    from breastscreen.data.adapters import describe_busi_folder
 
-    found = False
-    for cls in ("benign", "malignant", "normal"):
-        sub = folder / cls
-        if sub.is_dir():
-            pat = re.compile(rf"^{cls} \(\d+\)\.png$", re.IGNORECASE)
-            if any(pat.match(f.name) for f in sub.iterdir()):
-                found = True
-    return found
+    return describe_busi_folder(folder).kind is not None
 
 
 def load_inputs(source: str | os.PathLike[str], allow_outside_paths: bool = False,
@@ -133,8 +127,9 @@ def load_inputs(source: str | os.PathLike[str], allow_outside_paths: bool = Fals
 
     p = Path(source)
     if p.is_dir() and is_busi_folder(p):
-        from breastscreen.data.adapters import adapt_busi
+        from breastscreen.data.adapters import adapt_busi, describe_busi_folder
 
+        logger.info("%s", describe_busi_folder(p).message)
         problems: list[tuple[str, str]] = []
         return adapt_busi(p, problems), [], problems
     if p.is_dir():

@@ -9,7 +9,16 @@ smoothed copy after a morphological opening (which cuts thin caliper lines and t
 off its border), replaced by its convex hull (rectangular and fan-shaped FOVs are convex, so
 dark lesions, cysts and shadows inside stay in). Everything outside the FOV's bounding box is
 cropped away, and bright pixels inside the box but outside the FOV (text beside a fan) are set
-to zero.
+to zero. That is crop ``"v1"``, kept unchanged for the models trained with it; it can cut
+tissue: dark anechoic regions (large cysts, shadows) fall below its threshold, and when they
+reach the FOV's edge the largest bright region, and so the crop, ends above them.
+
+Crop ``"safe"`` (:func:`find_field_of_view_safe`, the default of new models) never cuts
+tissue: background is only what is *uniform* and *connected to the image border* (scanners
+paint it with one value outside the FOV; anechoic tissue is dark but noisy, and enclosed by
+tissue), and only whole rows or columns of background are cut: the border strips, and the
+gaps of at least ``gap_px`` that separate a side panel (text, scale, icons) from the FOV; a
+2-px margin is then added back. Measured on BUS-BRA and on phantoms in docs/ultrasound.md.
 """
 
 from __future__ import annotations
@@ -108,18 +117,127 @@ def find_field_of_view(
     return USCrop(mask=mask, box=box)
 
 
+CROP_MODES = ("v1", "safe")
+
+
+def uniform_background(arr: np.ndarray, *, tol: float = 2.0, gap_px: int = 5,
+                       min_border_share: float = 0.25) -> np.ndarray:
+    """Boolean mask of the scanner background: pixels within ``tol`` of the most common border
+    value, in ``gap_px`` x ``gap_px`` blocks of such pixels, connected to the image border.
+
+    Empty when that value covers less than ``min_border_share`` of the border (an image cropped
+    to the tissue has no background).
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    H, W = a.shape
+    frame = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+    values, counts = np.unique(np.rint(frame), return_counts=True)
+    bg_value = float(values[np.argmax(counts)])
+    empty = np.zeros((H, W), bool)
+    if float((np.abs(frame - bg_value) <= tol).mean()) < min_border_share:
+        return empty
+    near = np.abs(a - bg_value) <= tol
+    k = max(1, int(gap_px))
+    # Opening: only blocks of background values count; scattered zeros in dark tissue do not.
+    block = cv2.morphologyEx(near.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
+    n, labels = cv2.connectedComponents(block, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge = edge[edge > 0]
+    if edge.size == 0:
+        return empty
+    # Enclosed uniform regions are holes in the tissue (anechoic content), not background.
+    return np.isin(labels, edge)
+
+
+def _bands(profile: np.ndarray, weight: np.ndarray, gap: int) -> tuple[int, int] | None:
+    """The run of ``profile`` (rows or columns holding content) with the most ``weight``, after
+    joining runs separated by fewer than ``gap`` empty entries."""
+    idx = np.flatnonzero(profile)
+    if idx.size == 0:
+        return None
+    breaks = np.flatnonzero(np.diff(idx) > gap)
+    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
+    ends = np.concatenate([idx[breaks], [idx[-1]]]) + 1
+    best = int(np.argmax([weight[s:e].sum() for s, e in zip(starts, ends)]))
+    return int(starts[best]), int(ends[best])
+
+
+def find_field_of_view_safe(
+    pixels: np.ndarray, *, tol: float = 2.0, gap_px: int = 5, min_fraction: float = 0.05,
+    island_fraction: float = 0.02, margin_px: int = 2, name: str | None = None,
+) -> USCrop:
+    """Field of view that never cuts tissue (crop ``"safe"``; see the module docstring).
+
+    The box: recursively drop whole background rows/columns at the borders and side panels
+    separated from the content with the most pixels by at least ``gap_px`` background
+    rows/columns; then widen it by ``margin_px`` (within the image). ``mask``: the box, less small islands (each under ``island_fraction`` of the
+    main region and wholly outside its convex hull: text beside a fan) that uniform background
+    separates from the main region. Raises :class:`PreprocessError` naming ``name`` when the
+    image is uniform or the box covers less than ``min_fraction`` of it.
+    """
+    arr = np.asarray(pixels, dtype=np.float32)
+    label = f"image {name}" if name else "image"
+    if arr.ndim != 2:
+        raise PreprocessError(f"{label}: expected a 2-D greyscale array, got shape {arr.shape}")
+    H, W = arr.shape
+    if arr.size == 0 or float(arr.max()) <= float(arr.min()):
+        raise PreprocessError(f"{label}: no field of view found (the image is uniform)")
+    content = ~uniform_background(arr, tol=tol, gap_px=gap_px)
+    y0, y1, x0, x1 = 0, H, 0, W
+    while True:
+        sub = content[y0:y1, x0:x1]
+        rows = _bands(sub.any(axis=1), sub.sum(axis=1), gap_px)
+        cols = _bands(sub.any(axis=0), sub.sum(axis=0), gap_px)
+        if rows is None or cols is None:
+            raise PreprocessError(f"{label}: no field of view found (nothing but uniform background)")
+        new = (y0 + rows[0], y0 + rows[1], x0 + cols[0], x0 + cols[1])
+        if new == (y0, y1, x0, x1):
+            break
+        y0, y1, x0, x1 = new
+    # Content pixels whose value happens to equal the background's at the FOV's edge (anechoic
+    # tissue touching it) read as background: a small margin keeps them.
+    y0, y1, x0, x1 = max(y0 - margin_px, 0), min(y1 + margin_px, H), max(x0 - margin_px, 0), min(x1 + margin_px, W)
+    if (y1 - y0) * (x1 - x0) < min_fraction * H * W:
+        raise PreprocessError(
+            f"{label}: no field of view found (content covers {100.0 * (y1 - y0) * (x1 - x0) / (H * W):.1f} % "
+            f"of the image; at least {100 * min_fraction:.0f} % is required)"
+        )
+    mask = np.zeros((H, W), bool)
+    mask[y0:y1, x0:x1] = True
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(content[y0:y1, x0:x1].astype(np.uint8), connectivity=8)
+    if n > 2:
+        main = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        hull = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero((labels == main).astype(np.uint8))), 1)
+        small = stats[:, cv2.CC_STAT_AREA] < island_fraction * stats[main, cv2.CC_STAT_AREA]
+        touches = np.bincount(labels[hull.astype(bool)], minlength=n) > 0
+        islands = small & ~touches
+        islands[0] = False
+        mask[y0:y1, x0:x1] &= ~islands[labels]
+    return USCrop(mask=mask, box=(x0, y0, x1, y1))
+
+
+def field_of_view(pixels: np.ndarray, mode: str = "v1", *, name: str | None = None) -> USCrop:
+    """The field of view by crop ``mode``: ``"v1"`` (legacy models) or ``"safe"``."""
+    if mode == "v1":
+        return find_field_of_view(pixels, name=name)
+    if mode == "safe":
+        return find_field_of_view_safe(pixels, name=name)
+    raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
+
+
 def crop_ultrasound(
-    pixels: np.ndarray, *, name: str | None = None, clear_outside: bool = True
+    pixels: np.ndarray, *, name: str | None = None, clear_outside: bool = True, mode: str = "v1",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Crop an ultrasound image to its field of view; return the crop and a geometry record.
 
     With ``clear_outside`` pixels inside the box but outside the FOV region (annotations
-    beside a fan) are set to zero. The record has ``crop_box``, ``flipped`` (always False),
+    beside a fan) are set to zero. ``mode`` chooses the crop (:data:`CROP_MODES`). The record has ``crop_box``, ``flipped`` (always False),
     ``original_shape`` and ``output_shape``, so :func:`breastscreen.preprocess.mammo.to_original`
     maps results back.
     """
     arr = np.asarray(pixels, dtype=np.float32)
-    fov = find_field_of_view(arr, name=name)
+    fov = field_of_view(arr, mode, name=name)
     x0, y0, x1, y1 = fov.box
     crop = arr[y0:y1, x0:x1].copy()
     if clear_outside:
@@ -131,6 +249,8 @@ def crop_ultrasound(
         "output_shape": [int(crop.shape[0]), int(crop.shape[1])],
         "fov_cleared": bool(clear_outside),
     }
+    if mode != "v1":  # legacy records stay exactly as they were
+        record["crop_mode"] = mode
     return crop, record
 
 
@@ -288,21 +408,39 @@ class ExcludedImage(PreprocessError):
 
 
 def fov_crop_uint8(raw: np.ndarray, *, name: str | None = None,
-                   max_zero_fraction: float = MAX_ZERO_FRACTION) -> tuple[np.ndarray, dict[str, Any]]:
+                   max_zero_fraction: float = MAX_ZERO_FRACTION, crop: str = "v1",
+                   annotations: Any = None, rgb: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """8-bit field-of-view crop of a raw ultrasound image and its geometry record.
 
-    Raises :class:`ExcludedImage` for an image the paper's rules exclude (mostly zero pixels)
-    and :class:`PreprocessError` when no field of view is found. ``breastscreen preprocess`` stores this crop.
+    ``crop`` is the crop mode (:data:`CROP_MODES`). With ``annotations`` (an
+    :class:`~breastscreen.preprocess.us_annotations.AnnotationParams`) burned-in marks are
+    detected and inpainted on the whole image first (``rgb``: the colour source, for the colour
+    cue; taken from ``raw`` when it is RGB); the record then says ``annotations_removed``.
+    Raises :class:`ExcludedImage` for an image the paper's rules exclude (mostly zero pixels,
+    counted before any inpainting) and :class:`PreprocessError` when no field of view is
+    found. ``breastscreen preprocess`` stores this crop (defaults: the legacy ``"v1"`` crop).
     """
-    u8 = to_uint8(raw)
+    raw_arr = np.asarray(raw)
+    if rgb is None and raw_arr.ndim == 3 and raw_arr.shape[-1] in (3, 4):
+        rgb = raw_arr[..., :3]
+    u8 = to_uint8(raw_arr)
     zf = zero_fraction(u8)
     if zf > max_zero_fraction:
         raise ExcludedImage(f"mostly-empty: {zf:.0%} zero pixels (limit {max_zero_fraction:.0%})")
-    crop, record = crop_ultrasound(u8, name=name)
-    crop = to_uint8(crop)
-    if crop.size == 0:
+    removed = None
+    if annotations is not None:
+        from breastscreen.preprocess.us_annotations import remove_annotations
+
+        removed = remove_annotations(u8, rgb, annotations)
+        u8 = removed.pixels
+    out, record = crop_ultrasound(u8, name=name, mode=crop)
+    out = to_uint8(out)
+    if out.size == 0:
         raise PreprocessError(f"{name or 'image'}: empty-crop: no field of view found")
-    return crop, record
+    if removed is not None:
+        record.update(annotations_removed=True, annotation_marks=removed.n_marks,
+                      annotation_pixels=int(removed.inpainted.sum()))
+    return out, record
 
 
 def resize_area(crop_u8: np.ndarray, size: int) -> np.ndarray:

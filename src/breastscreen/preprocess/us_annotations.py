@@ -8,32 +8,42 @@ tissue. :func:`remove_annotations` finds the marks and fills them from the surro
 before the image reaches the model (training and prediction alike, through
 :class:`breastscreen.specs.USSpec`).
 
-What separates a mark from tissue:
+What separates a mark from tissue (every threshold is relative to the image itself, with an
+absolute floor; parameters in :class:`AnnotationParams`):
 
-* it is brighter than its neighbourhood by a wide margin: the white top-hat (image minus its
-  grey opening with a disk a little wider than a stroke) keeps thin bright structures and
-  removes everything wider; the threshold is relative to the image's own top-hat distribution
-  (median + ``contrast_mads`` robust deviations) with an absolute floor ``min_contrast``;
-* it is near the image's white level: its peak reaches ``min_brightness`` times the image's
-  bright level (99.5th percentile of its non-zero pixels), so a moderately bright speckle
-  grain in dark fat does not qualify;
-* its strokes are thin: most of the contrast survives a 3x3 opening's top-hat too
-  (``thin_ratio``), and the widest stroke of a component is at most ``max_stroke_px``; speckle
-  grains are blobs a few pixels wide and fail both;
-* a mark is a small object with vertical extent (letters, crosses, icons): a connected
-  component needs ``min_area`` pixels, a height of ``min_height`` rows and at most
-  ``max_size_px`` on its longest side. Speckle in B-mode images is elongated laterally, so
-  one- or two-row horizontal streaks are not taken; long bright tissue lines (skin, Cooper's
-  ligaments) exceed ``max_size_px`` or are wider than a stroke;
-* in RGB sources, colour is a strong cue on its own: pixels whose channels differ by at least
-  ``min_chroma`` (yellow, green, cyan marks on a grey image) are candidates whatever their
-  contrast; the same shape rules apply, so a colour Doppler patch (a large blob) is not a mark.
+* candidates: thin and bright. The white top-hat (image minus its grey opening with a disk a
+  little wider than a stroke, ``max_stroke_px``) is at least half the contrast threshold
+  ``thr = max(min_contrast, contrast_rel * (bright level - median))`` (bright level = 99.5th
+  percentile of the non-zero pixels); the pixel reaches ``min_brightness`` times the bright
+  level; an opening one pixel wider than a stroke removes at least ``thin_ratio`` of its
+  top-hat (speckle grains and saturated plateaus survive such an opening, strokes do not);
+* cues (per pixel): (a) a straight, even stroke of ``segment_px`` pixels through it, vertical,
+  diagonal or horizontal: mean ``thr`` above the brighter of the two parallel segments beside
+  it, minimum still half as far, range along it within ``flatness`` times that contrast (drawn
+  strokes are even, speckle is not); (b) a strong top-hat: above the image's own
+  ``contrast_quantile`` (marks are rarer than that);
+* marks: cue pixels grow (``grow_px`` steps) through candidates at least ``grow_level`` of the
+  seed's value, so the rest of a glyph joins; a component is a mark when it has
+  ``min_area`` pixels, ``min_height`` to ``max_size_px`` rows, almost no pixel thicker than a
+  stroke (``max_core_share``), at least ``min_cues`` different cues and at least one vertical
+  or diagonal stroke (B-mode speckle and bright tissue lines run roughly horizontally); a
+  component wider than ``max_size_px`` must be a word, with vertical strokes along it;
+* letters without a straight stroke ('S', 'O') join an accepted glyph of their text line
+  (``group_px``);
+* calipers: four bright half-arms of a '+' or an 'x' (lengths ``caliper_arms``) whose means
+  are ``caliper_contrast`` and ``caliper_outlier`` times the image's 99.9th percentile of the
+  same response above three of the four sectors between the arms (the fourth may hold the
+  caliper's number);
+* dotted lines: at least four evenly spaced dots on the segment between two caliper-like marks;
+* colour (RGB sources): pixels whose channels differ by ``min_chroma`` or more (yellow, green,
+  cyan marks on a grey image) are candidates and cues on their own; the shape rules still
+  apply, so a colour Doppler patch (a large blob) is not a mark.
 
-Dotted lines are detected when their dots are large enough to pass the shape rules (a dot is a
-component); single-pixel dots are usually missed (see docs/ultrasound.md for the measured
-precision and recall). Accepted components are grown into the neighbouring pixels that are
-still clearly brighter than their background (the anti-aliased edge of a stroke), then the mask
-is dilated by ``dilate_px`` and inpainted with :func:`cv2.inpaint` (Telea by default).
+The marks are dilated by ``dilate_px`` (the anti-aliased edge of a stroke) and inpainted with
+:func:`cv2.inpaint` (Telea by default); every other pixel is returned unchanged. Measured
+precision and recall (synthetic phantoms with known marks) and a BUS-BRA picture are in
+docs/ultrasound.md ("Annotation removal"); single-pixel dots and glyphs in very bright speckle
+are the usual misses.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Caliper-like marks considered for dotted lines (pairs grow quadratically; real images have a few).
 MAX_CALIPERS = 24
@@ -81,6 +91,13 @@ class AnnotationParams(BaseModel):
     dilate_px: int = Field(2, ge=0, le=10)  # growth of the mask before inpainting (stroke halos)
     inpaint_radius: float = Field(3.0, gt=0, le=20)
     inpaint_method: Literal["telea", "ns"] = "telea"
+
+    @field_validator("caliper_arms")
+    @classmethod
+    def _arms(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or len(v) > 8 or any(not 2 <= a <= 20 for a in v):
+            raise ValueError("caliper_arms must list 1-8 arm lengths between 2 and 20 px")
+        return v
 
 
 @dataclass
@@ -235,6 +252,21 @@ def _dotted_lines(cand: np.ndarray, marks: np.ndarray, p: AnnotationParams) -> n
     return out
 
 
+def _grow(g: np.ndarray, seeds: np.ndarray, allowed: np.ndarray, steps: int, level_share: float) -> np.ndarray:
+    """Geodesic growth of ``seeds`` within ``allowed`` through pixels at least ``level_share`` of
+    the value of the seed they grow from (``steps`` 8-neighbour steps)."""
+    level = np.where(seeds, g, 0.0).astype(np.float32)
+    grown = seeds.copy()
+    for _ in range(steps):
+        reach = cv2.dilate(level, np.ones((3, 3), np.uint8))
+        nxt = grown | (allowed & (reach > 0) & (g >= level_share * reach))
+        if np.array_equal(nxt, grown):
+            break
+        level = np.where(nxt & ~grown, reach, level)
+        grown = nxt
+    return grown
+
+
 def _same_line_glyphs(cand: np.ndarray, accepted: np.ndarray, p: AnnotationParams) -> np.ndarray:
     """Glyphs of the same text line as an accepted mark that showed no cue of their own ('S', 'O').
 
@@ -320,15 +352,7 @@ def detect_annotations(
     # Bounded geodesic growth: the rest of a glyph (curves, horizontal bars, arm ends) joins its
     # seeds, but only through pixels nearly as bright as the seed they grow from, so a seed
     # cannot flood the bright speckle around it.
-    level = np.where(seeds, g, 0.0).astype(np.float32)
-    grown = seeds.copy()
-    for _ in range(p.grow_px):
-        reach = cv2.dilate(level, np.ones((3, 3), np.uint8))
-        nxt = grown | (cand & (reach > 0) & (g >= p.grow_level * reach))
-        if np.array_equal(nxt, grown):
-            break
-        level = np.where(nxt & ~grown, reach, level)
-        grown = nxt
+    grown = _grow(g, seeds, cand, p.grow_px, p.grow_level)
     # A 3x3 closing re-joins strokes that anti-aliasing broke, so one glyph is one component.
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     joined = cv2.morphologyEx(grown.astype(np.uint8), cv2.MORPH_CLOSE, cross)
@@ -357,13 +381,15 @@ def detect_annotations(
         return empty, 0
     if p.group_px > 0:
         accepted |= _same_line_glyphs(cand, accepted, p)
-    n_marks = int(ok.sum())
+    # Complete the glyphs: thick joints of bold text are as bright as the strokes but not thin.
+    bright_hat = (top_hat >= 0.5 * thr) & (g >= p.min_brightness * bright)
+    accepted = _grow(g, accepted, bright_hat | accepted, 2, p.grow_level)
     if p.dotted_lines:
-        dots = _dotted_lines(cand, accepted, p)
-        if dots.any():
-            n_marks += int(cv2.connectedComponents(dots.astype(np.uint8), connectivity=8)[0] - 1)
-            accepted |= dots
-    return accepted, n_marks
+        accepted |= _dotted_lines(cand, accepted, p)
+    # Marks counted as glyph-sized groups (a letter, a cross, a dot), as the closing above joins them.
+    n_marks = cv2.connectedComponents(cv2.morphologyEx(accepted.astype(np.uint8), cv2.MORPH_CLOSE, cross),
+                                      connectivity=8)[0] - 1
+    return accepted, int(n_marks)
 
 
 def inpaint_marks(grey: np.ndarray, marks: np.ndarray, params: AnnotationParams | None = None) -> tuple[np.ndarray, np.ndarray]:

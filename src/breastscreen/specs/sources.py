@@ -61,14 +61,16 @@ def read_source(image: ImageLike, name: str | None = None) -> ImageData:
         return dataset_image(image, label)
     if isinstance(image, np.ndarray):
         arr = np.asarray(image)
+        colour = None
         if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            colour = arr[..., :3]
             arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         if arr.ndim != 2 or arr.size == 0:
             raise BreastscreenError(f"{label}: an image array must be 2-D grey (or RGB), got shape {arr.shape}")
         if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
             raise BreastscreenError(f"{label}: image array must hold finite numbers")
         bits = 8 if arr.dtype == np.uint8 else 16
-        return ImageData(np.ascontiguousarray(arr, dtype=np.float32), None, bits, label, {"format": "array"})
+        return ImageData(np.ascontiguousarray(arr, dtype=np.float32), None, bits, label, {"format": "array"}, colour)
     raise BreastscreenError(
         f"{label}: an image must be a file path, ImageRef, numpy array or pydicom Dataset, got {type(image).__name__}"
     )

@@ -1,10 +1,17 @@
 """Spec of the ultrasound gated-attention MIL classifier (Shen et al. 2021): one breast = one bag.
 
-Preparation of one image (training cache and Predictor alike): 8-bit grey -> field-of-view crop
-(images with > 80 % zero pixels or no field of view are excluded) -> area resize to
-``prepare_size`` x ``prepare_size`` uint8. An image that ``breastscreen preprocess`` already
-cropped (its record has ``crop_box``) is only resized. Exact duplicates inside one bag are
-dropped (the later copy).
+Preparation of one image (training cache and Predictor alike): 8-bit grey -> (with
+``remove_annotations``) burned-in calipers, text and marks detected and inpainted on the whole
+image (:mod:`breastscreen.preprocess.us_annotations`, parameters ``annotation_params``) ->
+field-of-view crop ``crop`` (``"v1"``: the legacy crop every existing checkpoint was trained
+with; ``"safe"``: never cuts tissue) (images with > 80 % zero pixels or no field of view are
+excluded) -> area resize to ``prepare_size`` x ``prepare_size`` uint8. An image that
+``breastscreen preprocess`` already cropped (its record has ``crop_box``) is only resized when
+its record matches the spec's crop and annotation removal; otherwise it is prepared again
+from the record's ``source_path`` (refused when that file is gone). Exact duplicates inside
+one bag are dropped (the later copy). The defaults (``remove_annotations=False``,
+``crop="v1"``) keep every existing checkpoint's inputs unchanged; ``breastscreen train us``
+writes ``True`` / ``"safe"`` into new models.
 
 Input builder: each prepared image -> (training or TTA copies 1..: the paper's flip, rotation,
 translation, scale and shear with ranges scaled by ``augment_strength``) bilinear resize to
@@ -13,6 +20,8 @@ translation, scale and shear with ranges scaled by ``augment_strength``) bilinea
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
@@ -20,6 +29,7 @@ from pydantic import Field
 
 from breastscreen.errors import BreastscreenError, PreprocessError
 from breastscreen.labels import BREAST_LABELS
+from breastscreen.preprocess.us_annotations import AnnotationParams
 from breastscreen.specs.base import ModelSpec, PreparedImage, register_spec
 from breastscreen.specs.mammo import derive_seed
 from breastscreen.specs.sources import ImageLike, is_preprocessed, read_source, source_name
@@ -35,20 +45,54 @@ class USSpec(ModelSpec):
     in_channels: Literal[1, 3] = 1
     max_zero_fraction: float = Field(0.8, gt=0, le=1)
     augment_strength: float = Field(1.0, ge=0, le=1)
+    remove_annotations: bool = False  # detect and inpaint burned-in marks before the crop
+    annotation_params: AnnotationParams = Field(default_factory=AnnotationParams)
+    crop: Literal["v1", "safe"] = "v1"  # field-of-view crop; "v1" = legacy checkpoints
 
     value_columns: ClassVar[tuple[str, ...]] = tuple(BREAST_LABELS)
 
+    def preparation_key(self) -> str:
+        """How images are prepared, beyond ``prepare_size``: ``""`` for the legacy preparation
+        (crop v1, annotations kept), else a JSON description (a prepared-image cache is only
+        reused under the same key)."""
+        if self.crop == "v1" and not self.remove_annotations:
+            return ""
+        return json.dumps({"crop": self.crop, "annotations": self.annotation_params.model_dump(mode="json")
+                           if self.remove_annotations else None}, sort_keys=True)
+
+    def _matches(self, record: dict[str, Any]) -> bool:
+        """True when a ``breastscreen preprocess`` record was made the way this spec prepares."""
+        return (record.get("crop_mode", "v1") == self.crop
+                and bool(record.get("annotations_removed", False)) == self.remove_annotations)
+
     def prepare(self, image: ImageLike) -> PreparedImage:
         """One image ready for :meth:`bag_input`; raises PreprocessError when the rules exclude it."""
+        from breastscreen.data.readers import load_image
         from breastscreen.preprocess.ultrasound import fov_crop_uint8, resize_area, to_uint8
 
         name = source_name(image)
-        if is_preprocessed(image) and "crop_box" in (image.preprocessing or {}):
+        record_in = dict(image.preprocessing or {}) if is_preprocessed(image) else {}
+        if "crop_box" in record_in and self._matches(record_in):
             crop = to_uint8(read_source(image).pixels)
-            record = dict(image.preprocessing)
+            record = record_in
         else:
-            data = read_source(image)
-            crop, record = fov_crop_uint8(data.pixels, name=name, max_zero_fraction=self.max_zero_fraction)
+            if "crop_box" in record_in:
+                # Preprocessed another way (e.g. the legacy crop, marks not removed): start again
+                # from the original image, never from a crop that may have lost tissue.
+                source = record_in.get("source_path")
+                if not source or not Path(source).is_file():
+                    raise PreprocessError(
+                        f"{name}: preprocessed with crop {record_in.get('crop_mode', 'v1')!r}, annotations "
+                        f"{'removed' if record_in.get('annotations_removed') else 'kept'}; this model needs crop "
+                        f"{self.crop!r} with annotations {'removed' if self.remove_annotations else 'kept'} and the "
+                        "original image (source_path) is not available"
+                    )
+                data = load_image(source, frame=record_in.get("source_frame"))
+            else:
+                data = read_source(image)
+            crop, record = fov_crop_uint8(
+                data.pixels, name=name, max_zero_fraction=self.max_zero_fraction, crop=self.crop,
+                annotations=self.annotation_params if self.remove_annotations else None, rgb=data.colour)
         pixels = resize_area(crop, self.prepare_size)
         return PreparedImage(pixels.astype(np.float32), record, None, name)
 

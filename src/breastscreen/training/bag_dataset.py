@@ -52,13 +52,18 @@ class CacheReport:
 
 
 class ImageCache:
-    """Prepared uint8 images (``spec.prepare_size`` square) keyed by :func:`image_key`, with their crop boxes."""
+    """Prepared uint8 images (``spec.prepare_size`` square) keyed by :func:`image_key`, with their crop boxes.
 
-    def __init__(self, size: int, entries: dict[str, PreparedImage] | None = None) -> None:
+    ``preparation`` is the spec's :meth:`~breastscreen.specs.USSpec.preparation_key` (crop and
+    annotation removal): a cache is only reused by a spec that prepares the same way.
+    """
+
+    def __init__(self, size: int, entries: dict[str, PreparedImage] | None = None, preparation: str = "") -> None:
         if size < 8:
             raise ValueError(f"cache image size must be >= 8 pixels, got {size}")
         self.size = int(size)
         self.entries: dict[str, PreparedImage] = dict(entries or {})
+        self.preparation = str(preparation)
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -81,6 +86,7 @@ class ImageCache:
             with open(tmp, "wb") as fh:
                 np.savez(
                     fh, version=np.array(CACHE_VERSION), size=np.array(self.size), keys=np.array(keys, dtype=np.str_),
+                    preparation=np.array(self.preparation, dtype=np.str_),
                     pixels=np.stack([e[k].pixels.astype(np.uint8) for k in keys]) if keys
                     else np.zeros((0, self.size, self.size), np.uint8),
                     boxes=np.array([e[k].record["crop_box"] for k in keys], dtype=np.int64).reshape(-1, 4),
@@ -98,7 +104,9 @@ class ImageCache:
                                                               "original_shape": [int(v) for v in shp]}, None, str(k))
                 for k, px, box, shp in zip(z["keys"], z["pixels"], z["boxes"], z["shapes"])
             }
-            return cls(int(z["size"]), entries)
+            # Caches written before the key existed were all prepared the legacy way ("").
+            preparation = str(z["preparation"]) if "preparation" in z.files else ""
+            return cls(int(z["size"]), entries, preparation)
 
 
 def build_cache(
@@ -109,9 +117,14 @@ def build_cache(
 ) -> tuple[ImageCache, CacheReport]:
     """Prepare ``images`` with ``spec`` into a cache; images the rules exclude are reported.
 
+    ``existing`` is extended when it was prepared the same way (size and
+    :meth:`~breastscreen.specs.USSpec.preparation_key`), else ignored.
+
     Unreadable images raise: silently skipping them would change the cohort.
     """
-    cache = existing if existing is not None and existing.size == spec.prepare_size else ImageCache(spec.prepare_size)
+    key = spec.preparation_key()
+    reuse = existing is not None and existing.size == spec.prepare_size and existing.preparation == key
+    cache = existing if reuse and existing is not None else ImageCache(spec.prepare_size, preparation=key)
     report = CacheReport()
     for i, image in enumerate(images):
         key = image_key(image)

@@ -6,7 +6,10 @@ Recipe (defaults; every value can be overridden with ``KEY=VALUE``):
   ``input_size`` come from ``recipe.top_t`` and ``recipe.input_size``;
 * one example = one breast (all its images, padded per batch with a mask);
 * inputs built by the model's spec (:class:`breastscreen.specs.USSpec`, stored in every
-  checkpoint): 8-bit grey, field-of-view crop, area resize to ``recipe.prepare_size``, then
+  checkpoint): 8-bit grey, burned-in annotations (calipers, text, marks) detected and
+  inpainted (``recipe.remove_annotations``, default true), field-of-view crop that never cuts
+  tissue (``recipe.crop``, default ``safe``; ``v1`` = the crop of models trained before),
+  area resize to ``recipe.prepare_size``, then
   in training the paper's flip, rotation ±45°, translation 10 %, scale 0.7-1.5, shear ±25°
   (ranges scaled by ``recipe.augment_strength``), bilinear resize to ``input_size``,
   per-image standardisation; validation and ``predict``: resize only;
@@ -65,6 +68,8 @@ class USOptions:
     max_images: int = bounded(0, ge=0)  # cap of images per breast in training (0 = all)
     augment: bool = True
     augment_strength: float = bounded(1.0, ge=0, le=1)  # 1 = the paper's ranges; smaller = milder
+    remove_annotations: bool = True  # inpaint burned-in calipers/text before the crop (new models)
+    crop: str = "safe"  # field-of-view crop: "safe" (never cuts tissue) or "v1" (legacy models)
     data_description: str = ""
 
 
@@ -117,7 +122,8 @@ def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
     model = build_model(cfg, DEFAULT_MODEL, member, top_t=opts.top_t, input_size=opts.input_size)
     try:
         spec = USSpec(input_size=opts.input_size, prepare_size=opts.prepare_size,
-                      in_channels=int(getattr(model.config, "in_channels", 1)), augment_strength=opts.augment_strength)
+                      in_channels=int(getattr(model.config, "in_channels", 1)), augment_strength=opts.augment_strength,
+                      remove_annotations=opts.remove_annotations, crop=opts.crop)
     except ValueError as exc:
         raise BreastscreenError(f"recipe options do not make a valid ultrasound spec: {exc}") from None
     cache = _cache_for(train_breasts + val_breasts, spec, opts.cache_path)
@@ -158,8 +164,9 @@ def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
         "input_size": opts.input_size,
         "channels": ["image"],
         "views": ["L-US", "R-US", "U-US"],
-        "normalisation": "8-bit field-of-view crop, area resize to prepare_size, bilinear resize to input_size, "
-                         "per-image standardisation",
+        "normalisation": (("annotation removal, " if opts.remove_annotations else "")
+                          + f"8-bit field-of-view crop ({opts.crop}), area resize to prepare_size, bilinear resize "
+                          "to input_size, per-image standardisation"),
         "labels": ["benign", "malignant"],
         "recipe": {"beta": opts.beta, "top_t": opts.top_t, "augment_strength": opts.augment_strength},
         "training_data": {**describe_exams(load_exams(cfg.manifest), cfg.manifest),
