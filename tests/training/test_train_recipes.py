@@ -122,3 +122,19 @@ def test_search_ranks_trials(cohort, tmp_path):
     assert values == sorted(values, reverse=True)
     ens = json.loads((tmp_path / "s" / "ensemble.json").read_text())
     assert len(ens["members"]) == 1
+
+
+def test_birads_train_fraction_keeps_a_seeded_subset(cohort, tmp_path):
+    """MV-DCN's training-set-size study: recipe.train_fraction keeps a seeded subset of the usable exams."""
+    from breastscreen.training.datasets import birads_target, load_exams
+
+    usable = [e for e in load_exams(cohort["manifest"]) if birads_target(e) is not None]
+    sizes = []
+    for seed in (0, 0, 1):
+        cfg = build_config("birads", cohort["manifest"], cohort["manifest"], str(tmp_path / f"r{seed}"),
+                           overrides=["model=mvdcn", "recipe.train_fraction=0.5", f"seed={seed}", "device=cpu"])
+        task = get_recipe("birads").build(cfg, DistInfo(), None)
+        ids = [e.exam_id for e in task.train_set.exams]
+        assert task.metadata["training_data"]["train_fraction"] == 0.5
+        sizes.append(ids)
+    assert len(sizes[0]) == round(0.5 * len(usable)) and sizes[0] == sizes[1]

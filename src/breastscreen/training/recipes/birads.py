@@ -36,6 +36,7 @@ class BiradsOptions:
 
     augment: bool = True
     jitter_px: float = bounded(NYU_JITTER_PX, ge=0, le=1000)
+    train_fraction: float = bounded(1.0, gt=0, le=1)  # seeded subset of the training exams (training-size study)
     data_description: str = ""
 
 
@@ -63,7 +64,10 @@ def build_birads(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
     opts: BiradsOptions = cfg.recipe
     if not cfg.val_manifest:
         raise BreastscreenError("KIND birads needs --val-manifest (early stopping uses the validation macAUC)")
+    from breastscreen.training.image_datasets import subsample_exams
+
     train_exams, dropped = _usable(load_exams(cfg.manifest), cfg.manifest)
+    train_exams = subsample_exams(train_exams, opts.train_fraction, cfg.seed)
     val_exams, val_dropped = _usable(load_exams(cfg.val_manifest), cfg.val_manifest)
     model = build_model(cfg, "nyu-birads", member, in_channels=1)
     spec = exam_spec(cfg, model, "birads", ["image"], opts.jitter_px, train_exams, cfg.manifest)
@@ -98,6 +102,7 @@ def build_birads(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainT
     meta = exam_metadata(cfg, train_set, ["image"], "birads")
     meta["classes"] = [f"BI-RADS {c}" for c in BIRADS_CLASSES]
     meta["training_data"]["excluded_exams_other_birads"] = dropped
+    meta["training_data"]["train_fraction"] = opts.train_fraction
     meta["validation_excluded_exams_other_birads"] = val_dropped
     return TrainTask(model=model, train_set=train_set, compute_loss=compute_loss, evaluate=evaluate,
                      sampler=ShuffleSampler(len(train_set), seed=cfg.seed), collate_fn=collate_exams, metadata=meta,
