@@ -182,7 +182,7 @@ def test_patch_sources_from_preprocessed_manifest(tmp_path: Path) -> None:
     done, _ = preprocess_manifest([_make_exam(src, "ex1")], tmp_path / "pre", scale=1.0)
     sources = sources_from_exams(done)
     # left breast negative (2 views) + R-CC with its benign lesion; R-MLO has a finding but no mask
-    assert sorted(s.key for s in sources) == ["ex1/L-CC", "ex1/L-MLO", "ex1/R-CC"]
+    assert sorted(s.key for s in sources) == ["ex1/L-CC/0", "ex1/L-MLO/0", "ex1/R-CC/0"]
     sampler = PatchSampler(sources, scale=0.25)
     specs = sampler.sample_specs({"benign": 3, "negative": 3}, seed=0)
     assert len(specs) == 6
