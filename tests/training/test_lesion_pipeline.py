@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from breastscreen.errors import BreastscreenError
 from breastscreen.specs.lesion import LesionSpec, lesion_score, lesion_windows, window_scores
@@ -45,6 +46,25 @@ def test_scores_normalise_malignant_and_benign() -> None:
     np.testing.assert_allclose(window_scores(probs), [[0.75, 0.25], [0.0, 1.0], [0.5, 0.5]])
     m, b = lesion_score(probs)
     assert m == pytest.approx((0.75 + 0.0 + 0.5) / 3) and m + b == pytest.approx(1.0)
+
+
+def test_batched_window_inputs_equal_one_by_one() -> None:
+    from breastscreen.training.recipes.lesion import AggWindowDataset, _Image
+
+    spec = LesionSpec(scale=0.25, patch_size=16, grid_size=(4, 3), embedding_dim=3)
+    rng = np.random.default_rng(0)
+    images = [_Image(None, "L-CC", 0, f"e{k}", (40, 30), rng.random((2, 4, 3)).astype(np.float32)) for k in range(3)]
+    n = 12
+    y0, x0 = rng.uniform(0, 20, n), rng.uniform(0, 15, n)
+    side = rng.uniform(4, 12, n)
+    boxes = np.stack([y0, x0, y0 + side, x0 + side], axis=1)
+    ds = AggWindowDataset(spec, images, rng.integers(0, 3, n), boxes, rng.standard_normal((n, 3)).astype(np.float32),
+                          rng.integers(0, 4, n))
+    order = [5, 0, 11, 3, 3, 7]
+    batched = ds.__getitems__(order)
+    for i, (x, y) in zip(order, batched):
+        x1, y1 = ds[i]
+        assert y == y1 and torch.equal(x, x1)
 
 
 def test_agg_inputs_channel_order_and_values() -> None:

@@ -90,6 +90,19 @@ class AggWindowDataset(Dataset):
         x = self.spec.agg_inputs(self.boxes[i:i + 1], im.shape, im.saliency, self.embeddings[i:i + 1])[0]
         return torch.from_numpy(x), int(self.labels[i])
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """A whole batch, its inputs built per image in one call (same values as :meth:`__getitem__`)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out: list[Any] = [None] * len(idx)
+        for image in np.unique(self.image_idx[idx]):
+            pos = np.flatnonzero(self.image_idx[idx] == image)
+            rows = idx[pos]
+            im = self.images[int(image)]
+            x = self.spec.agg_inputs(self.boxes[rows], im.shape, im.saliency, self.embeddings[rows])
+            for p, r, xi in zip(pos, rows, x):
+                out[p] = (torch.from_numpy(xi), int(self.labels[r]))
+        return out
+
 
 def _images(exams: Sequence[Exam]) -> list[tuple[Exam, str, int]]:
     return [(e, v, k) for e in exams for v in MG_VIEWS for k in range(len(e.views.get(v, [])))]
