@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import cv_parser, elapsed_logger, environment, synthetic_cohorts  # noqa: E402
+from bench_common import cv_parser, elapsed_logger, environment, fold_split, synthetic_cohorts  # noqa: E402
 from minimias_patch_cv import auc_with_ci, patient_folds, prepare_data  # noqa: E402
 
 from breastscreen.utils import atomic_path  # noqa: E402
@@ -167,13 +167,7 @@ def mini_mias(data: str, work: Path, synthetic_ckpt: Path, n_boot: int, seed: in
             res = json.loads(result_file.read_text())
         else:
             fold_dir.mkdir(parents=True, exist_ok=True)
-            rest = [e for e in exams if folds[e.exam_id] != k]
-            test = [e for e in exams if folds[e.exam_id] == k]
-            rng = np.random.default_rng(seed + k)
-            order = rng.permutation(len(rest))
-            n_val = int(round(0.15 * len(rest)))
-            val = [rest[i] for i in sorted(order[:n_val])]
-            train_ex = [rest[i] for i in sorted(order[n_val:])]
+            train_ex, val, test = fold_split(exams, folds, k, seed)
             write_manifest(train_ex, fold_dir / "train.jsonl")
             write_manifest(val, fold_dir / "val.jsonl")
             roi = roi_patch(fold_dir / "train.jsonl", fold_dir / "val.jsonl", fold_dir / "roi", seed + k)

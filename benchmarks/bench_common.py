@@ -58,3 +58,15 @@ def cv_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-minimias", action="store_true", help="only the synthetic part")
     return ap
+
+
+def fold_split(exams: Sequence[Any], folds: dict[str, int], k: int, seed: int,
+               val_fraction: float = 0.15) -> tuple[list[Any], list[Any], list[Any]]:
+    """(train, val, test) of fold ``k``: test = the fold's women; ``val_fraction`` of the rest (seeded) validate."""
+    import numpy as np
+
+    rest = [e for e in exams if folds[e.exam_id] != k]
+    test = [e for e in exams if folds[e.exam_id] == k]
+    order = np.random.default_rng(seed + k).permutation(len(rest))
+    n_val = int(round(val_fraction * len(rest)))
+    return [rest[i] for i in sorted(order[n_val:])], [rest[i] for i in sorted(order[:n_val])], test

@@ -45,12 +45,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import cv_parser, elapsed_logger, environment, synthetic_cohorts  # noqa: E402
+from bench_common import cv_parser, elapsed_logger, environment, fold_split, synthetic_cohorts  # noqa: E402
 from lesion_ablation import MAPS, ablation, compare, predict, train_agg, train_run  # noqa: E402
 
 from breastscreen.utils import atomic_path  # noqa: E402
@@ -100,13 +99,8 @@ def mini_mias(data: str, work: Path, n_boot: int, seed: int, log: Any) -> dict[s
     for k in range(5):
         fold = work / "minimias" / f"fold_{k}"
         fold.mkdir(parents=True, exist_ok=True)
-        rest = [e for e in exams if folds[e.exam_id] != k]
-        test = [e for e in exams if folds[e.exam_id] == k]
-        rng = np.random.default_rng(seed + k)
-        order = rng.permutation(len(rest))
-        n_val = int(round(0.15 * len(rest)))
-        for name, part in (("train", [rest[i] for i in sorted(order[n_val:])]),
-                           ("val", [rest[i] for i in sorted(order[:n_val])]), ("test", test)):
+        train_ex, val, test = fold_split(exams, folds, k, seed)
+        for name, part in (("train", train_ex), ("val", val), ("test", test)):
             if not (fold / f"{name}.jsonl").exists():
                 write_manifest(part, fold / f"{name}.jsonl")
         floc, ctx = base_networks(fold / "train.jsonl", fold / "val.jsonl", fold / "runs", seed + k)

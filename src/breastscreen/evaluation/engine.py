@@ -150,3 +150,13 @@ def jsonable(o: Any) -> Any:
     if isinstance(o, np.bool_):
         return bool(o)
     return o
+
+
+def format_estimate(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    """``0.812 [0.750, 0.870]`` from a metrics.json estimate (``value``, ``ci_low``, ``ci_high``); ``n/a`` when undefined."""
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    s = f"{entry['value']:.{digits}f}"
+    if entry.get("ci_low") is not None:
+        s += f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+    return s

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from breastscreen.evaluation.engine import BootstrapEngine, Job, assemble, finite_or_none, jsonable
+from breastscreen.evaluation.engine import BootstrapEngine, Job, assemble, finite_or_none, format_estimate, jsonable
 from breastscreen.evaluation.evaluate import SCHEMA_VERSION, EvaluationResult
 from breastscreen.evaluation.io import EvaluationInputError, _check_ids, _numeric, _require, _where, read_table
 from breastscreen.evaluation.jobs import delong_entry, tnr_at_fnr_entries
@@ -389,13 +389,8 @@ def evaluate_lesions(
     return evaluate_lesion_result(df, n_bootstrap, seed, compare, confidence=confidence, fnrs=fnrs).metrics
 
 
-def _fmt_ci(e: dict[str, Any] | None, digits: int = 4) -> str:
-    if not e or e.get("value") is None:
-        return "n/a"
-    s = f"{e['value']:.{digits}f}"
-    if e.get("ci_low") is not None:
-        s += f" [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
-    return s
+def _fmt_ci(e: dict[str, Any] | None) -> str:
+    return format_estimate(e, digits=4)
 
 
 def lesion_summary_lines(metrics: dict[str, Any]) -> list[str]:

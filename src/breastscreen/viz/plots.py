@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from breastscreen.evaluation.engine import format_estimate  # noqa: E402
+
 __all__ = ["plot_roc_pr", "plot_reader_roc_pr", "plot_lambda_curves", "plot_subgroups", "plot_birads_kept",
            "plot_correlation"]
 
@@ -30,12 +32,7 @@ def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def _fmt(entry: dict[str, Any] | None) -> str:
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    s = f"{entry['value']:.3f}"
-    if entry.get("ci_low") is not None:
-        s += f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
-    return s
+    return format_estimate(entry)
 
 
 def plot_roc_pr(curves: dict[str, Any], metrics: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> Path:
