@@ -64,7 +64,9 @@ def test_batched_window_inputs_equal_one_by_one() -> None:
     batched = ds.__getitems__(order)
     for i, (x, y) in zip(order, batched):
         x1, y1 = ds[i]
-        assert y == y1 and torch.equal(x, x1)
+        im = images[int(ds.image_idx[i])]
+        direct = spec.agg_inputs(boxes[i:i + 1], im.shape, im.saliency, ds.embeddings[i:i + 1])[0]
+        assert y == y1 and torch.equal(x, x1) and np.array_equal(x.numpy(), direct)
 
 
 def test_agg_inputs_channel_order_and_values() -> None:

@@ -149,30 +149,39 @@ class LesionSpec(ModelSpec):
         """The lesion's prediction windows [windows, 4] (deterministic for the lesion key)."""
         return lesion_windows(region, self.windows, self.pixel_size_range, derive_seed(self.window_seed, key))
 
-    def agg_inputs(self, boxes: np.ndarray, image_shape: tuple[int, int], saliency: np.ndarray | None,
-                   embeddings: np.ndarray | None) -> np.ndarray:
-        """Stacked f_agg inputs [n, C, h, w] of windows ``boxes`` (y0, x0, y1, x1) on an image of ``image_shape``."""
+    def location_maps(self, boxes: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+        """Location indicators [n, h, w]: the fraction of each grid cell each window covers."""
         import torch
 
-        from breastscreen.models.lesion_agg import embedding_map, location_indicator_map
+        from breastscreen.models.lesion_agg import location_indicator_map
 
-        n = len(boxes)
+        boxes_t = torch.as_tensor(np.asarray(boxes, np.float64)).reshape(-1, 4)
+        return location_indicator_map(boxes_t, tuple(image_shape), self.grid_size).numpy()
+
+    def stack_maps(self, location: np.ndarray, saliency: np.ndarray | None, embeddings: np.ndarray | None
+                   ) -> np.ndarray:
+        """f_agg inputs [n, C, h, w] from location maps [n, h, w], saliency [2, h, w] or [n, 2, h, w], embeddings [n, D]."""
+        n = len(location)
         gh, gw = self.grid_size
-        loc = location_indicator_map(torch.as_tensor(np.asarray(boxes, np.float64)).reshape(-1, 4), tuple(image_shape),
-                                     self.grid_size)
         parts = []
         if "saliency" in self.maps:
             if saliency is None:
                 raise BreastscreenError("this lesion model uses the global saliency maps: give a context model")
             sal = np.asarray(saliency, dtype=np.float32)
-            if sal.shape != (2, gh, gw):
+            if sal.shape[-3:] != (2, gh, gw):
                 raise BreastscreenError(f"saliency maps of shape {sal.shape} do not match the model's grid (2, {gh}, {gw})")
             parts.append(np.broadcast_to(sal, (n, 2, gh, gw)))
         if "location" in self.maps:
-            parts.append(loc.numpy()[:, None])
+            parts.append(location[:, None])
         if "embedding" in self.maps:
             if embeddings is None or np.shape(embeddings) != (n, self.embedding_dim):
                 raise BreastscreenError(f"expected {n} window embeddings of size {self.embedding_dim}, "
                                         f"got {None if embeddings is None else np.shape(embeddings)}")
-            parts.append(embedding_map(torch.as_tensor(np.asarray(embeddings, np.float32)), loc).numpy())
+            # the embedding on every cell the window touches (the location indicator's non-zero cells)
+            parts.append(np.asarray(embeddings, np.float32)[:, :, None, None] * (location > 0)[:, None].astype(np.float32))
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+    def agg_inputs(self, boxes: np.ndarray, image_shape: tuple[int, int], saliency: np.ndarray | None,
+                   embeddings: np.ndarray | None) -> np.ndarray:
+        """Stacked f_agg inputs [n, C, h, w] of windows ``boxes`` (y0, x0, y1, x1) on an image of ``image_shape``."""
+        return self.stack_maps(self.location_maps(boxes, image_shape), saliency, embeddings)

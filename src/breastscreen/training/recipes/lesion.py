@@ -75,33 +75,38 @@ class _Image:
 
 
 class AggWindowDataset(Dataset):
-    """Cached windows (image, box, embedding, class) -> f_agg inputs built by the spec."""
+    """Cached windows (image, box, embedding, class) -> f_agg inputs built by the spec.
+
+    The location maps are computed once per window here (they never change), so a batch only
+    stacks arrays; the values equal :meth:`LesionSpec.agg_inputs` of each window.
+    """
 
     def __init__(self, spec: LesionSpec, images: Sequence[_Image], image_idx: np.ndarray, boxes: np.ndarray,
                  embeddings: np.ndarray, labels: np.ndarray) -> None:
         self.spec, self.images = spec, list(images)
         self.image_idx, self.boxes, self.embeddings, self.labels = image_idx, boxes, embeddings, labels
+        gh, gw = spec.grid_size
+        self.location = np.zeros((len(labels), gh, gw), np.float32)
+        for image in np.unique(image_idx):
+            rows = np.flatnonzero(image_idx == image)
+            self.location[rows] = spec.location_maps(boxes[rows], self.images[int(image)].shape)
+        self.saliency = (np.stack([im.saliency for im in self.images]).astype(np.float32)
+                         if spec.needs_context and self.images else None)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _inputs(self, idx: np.ndarray) -> np.ndarray:
+        sal = self.saliency[self.image_idx[idx]] if self.saliency is not None else None
+        return self.spec.stack_maps(self.location[idx], sal, self.embeddings[idx])
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        im = self.images[int(self.image_idx[i])]
-        x = self.spec.agg_inputs(self.boxes[i:i + 1], im.shape, im.saliency, self.embeddings[i:i + 1])[0]
-        return torch.from_numpy(x), int(self.labels[i])
+        return torch.from_numpy(self._inputs(np.array([i]))[0]), int(self.labels[i])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        """A whole batch, its inputs built per image in one call (same values as :meth:`__getitem__`)."""
+        """A whole batch stacked in one call (same values as :meth:`__getitem__`)."""
         idx = np.asarray(indices, dtype=np.int64)
-        out: list[Any] = [None] * len(idx)
-        for image in np.unique(self.image_idx[idx]):
-            pos = np.flatnonzero(self.image_idx[idx] == image)
-            rows = idx[pos]
-            im = self.images[int(image)]
-            x = self.spec.agg_inputs(self.boxes[rows], im.shape, im.saliency, self.embeddings[rows])
-            for p, r, xi in zip(pos, rows, x):
-                out[p] = (torch.from_numpy(xi), int(self.labels[r]))
-        return out
+        return [(torch.from_numpy(x), int(self.labels[i])) for x, i in zip(self._inputs(idx), idx)]
 
 
 def _images(exams: Sequence[Exam]) -> list[tuple[Exam, str, int]]:
