@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 # Shared by `heatmaps` and `predict`: one definition keeps the two commands' help identical.
 # (The backslash keeps rich's markup from eating "[ray]".)
+_ALLOW_OUTSIDE = typer.Option(
+    False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
+)
 _RAY = typer.Option(
     False, "--ray",
     help="Run the images/exams as Ray tasks: on a new local Ray instance, or on the cluster named by --ray-address. "
@@ -58,9 +61,7 @@ def heatmaps_command(
         False, "--skip-background", help="Do not evaluate patches without breast tissue (faster; background pixels differ)."
     ),
     images_per_chunk: int = typer.Option(4, "--images-per-chunk", help="Images whose patches are batched together."),
-    allow_outside_paths: bool = typer.Option(
-        False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
-    ),
+    allow_outside_paths: bool = _ALLOW_OUTSIDE,
     ray: bool = _RAY,
     ray_address: Optional[str] = _RAY_ADDRESS,
     ray_cpus: Optional[int] = _RAY_CPUS,
@@ -129,9 +130,7 @@ def predict_command(
         "models, options and images are unchanged; predict the rest."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the predictions of an earlier run in --out."),
-    allow_outside_paths: bool = typer.Option(
-        False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
-    ),
+    allow_outside_paths: bool = _ALLOW_OUTSIDE,
     ray: bool = _RAY,
     ray_address: Optional[str] = _RAY_ADDRESS,
     ray_cpus: Optional[int] = _RAY_CPUS,
@@ -205,9 +204,7 @@ def predict_lesions_command(
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="One PNG per lesion in OUT/lesions/."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run in --out, reusing its cached features."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace lesions.csv of an earlier run in --out."),
-    allow_outside_paths: bool = typer.Option(
-        False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
-    ),
+    allow_outside_paths: bool = _ALLOW_OUTSIDE,
 ) -> None:
     """Classify every outlined lesion as malignant or benign (Wu et al. 2020).
 
