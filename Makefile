@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned to the local CPU wheel: any other spec pulls gigabytes of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
-	# the ray extra too, so that the --ray tests run in `make test` (they skip where Ray is missing)
-	$(PY) -m pip install --quiet -e '.[test,ray]'
+	# the ray and fast extras too, so that the --ray and --backend tests run in `make test` (they skip where missing)
+	$(PY) -m pip install --quiet -e '.[test,ray,fast]'
 	touch $(STAMP)
 
 venv: $(STAMP)

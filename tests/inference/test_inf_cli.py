@@ -27,6 +27,16 @@ def test_heatmaps_cli_resume_and_predict_exit_codes(tmp_path: Path) -> None:
     assert "8 computed, 0 reused, 0 failed" in res.output
     res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "hm"), "--resume"])
     assert res.exit_code == 0 and "0 computed, 8 reused" in res.output, res.output
+    # another engine is not mixed into the same folder on --resume; a bad choice is one line, exit 2
+    res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "hm"), "--resume",
+                              "--mode", "fullconv"])
+    assert res.exit_code == 0 and "8 computed, 0 reused" in res.output, res.output
+    for bad_opts, words in ((["--backend", "tensorrt"], "--backend must be one of"),
+                            (["--backend", "onnxruntime", "--precision", "bf16"], "runs fp32 only")):
+        res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "x"), *bad_opts])
+        # (main() turns BreastscreenError into its one line and exit status 2)
+        assert type(res.exception).__name__ == "BreastscreenError" and words in str(res.exception), res.output
+        assert not (tmp_path / "x").exists()  # refused before anything is written
 
     model = save_checkpoint(create_model("nyu-viewwise-heatmaps", num_filters=4), tmp_path / "m.safetensors",
                             {"scale": 0.03})

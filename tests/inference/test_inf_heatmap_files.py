@@ -173,3 +173,40 @@ def test_resume_recomputes_heatmaps_of_a_replaced_image(tmp_path: Path) -> None:
     exams[1].views["R-CC"][0].path = str(moved)
     run = _run(exams, tmp_path / "hm", TinyPatchNet(), resume=True)
     assert run.computed == ["E1_R-CC_0.npz"] and len(run.reused) == 7
+
+
+def test_engine_recorded_and_resume_keeps_only_files_made_the_same_way(tmp_path: Path) -> None:
+    from breastscreen.inference.engines import EngineOptions
+
+    exams = _exams(tmp_path / "img", 1)
+    exact = _run(exams, tmp_path / "exact", TinyPatchNet(), skip_background=True)
+    fast = _run(exams, tmp_path / "hm", TinyPatchNet(), skip_background=True,
+                engine=EngineOptions(channels_last=True))
+    assert exact.ok and fast.ok
+    for name, maps in _files(tmp_path / "exact").items():
+        # the channels-last copy computes the same maps (files hold float16)
+        assert np.abs(_files(tmp_path / "hm")[name].astype(np.float32) - maps.astype(np.float32)).max() <= 1e-3
+    _, meta = read_heatmap_file(tmp_path / "hm" / "E0_L-CC_0.npz")
+    assert (meta["mode"], meta["backend"], meta["precision"]) == ("exact", "torch", "fp32")
+    # resuming with the same engine reuses everything; with another mode recomputes everything
+    again = Counting(TinyPatchNet())
+    same = _run(exams, tmp_path / "hm", again, resume=True, skip_background=True,
+                engine=EngineOptions(channels_last=True))
+    assert again.calls == 0 and len(same.reused) == 4
+
+
+def test_fullconv_mode_needs_a_trunk_and_is_recorded(tmp_path: Path) -> None:
+    from breastscreen.inference.engines import EngineOptions
+    from breastscreen.models import create_model
+
+    exams = _exams(tmp_path / "img", 1)
+    with pytest.raises(ValueError, match="forward_features/head"):
+        _run(exams, tmp_path / "bad", TinyPatchNet(), engine=EngineOptions(mode="fullconv"))
+    torch.manual_seed(0)
+    run = _run(exams, tmp_path / "fc", create_model("densenet-tiny").eval(), skip_background=True,
+               engine=EngineOptions(mode="fullconv"))
+    assert run.ok and len(run.computed) == 4
+    maps, meta = read_heatmap_file(tmp_path / "fc" / "E0_L-CC_0.npz")
+    assert meta["mode"] == "fullconv" and np.isfinite(maps).all() and maps.max() > 0
+    redo = _run(exams, tmp_path / "fc", create_model("densenet-tiny").eval(), resume=True, skip_background=True)
+    assert len(redo.computed) == 4 and redo.reused == []  # exact mode does not reuse preview files

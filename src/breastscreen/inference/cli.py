@@ -51,15 +51,26 @@ def heatmaps_command(
     model: str = typer.Option(..., "--model", "-m", help="Patch classifier: checkpoint file or bundled model name."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for <exam>_<VIEW>_<k>.npz, heatmaps.jsonl, errors.csv."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Patches per model call."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Patches per model call (default: 16 on CPU, where it measured fastest; 256 on GPU)."),
     resume: bool = typer.Option(
         False, "--resume",
         help="Continue a run in --out: keep heatmaps made with the same checkpoint (hash checked) from the same images.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute and replace heatmaps already in --out."),
     skip_background: bool = typer.Option(
-        False, "--skip-background", help="Do not evaluate patches without breast tissue (faster; background pixels differ)."
+        True, "--skip-background/--all-windows",
+        help="Skip windows without breast tissue (default; values inside the breast are the same, background is 0) "
+        "or evaluate every window.",
     ),
+    backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or openvino (the last two: pip install "
+                                "'breastscreen\\[fast]'; each checked against torch fp32 in the tests)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) or bf16 (about 1e-3 from fp32 with trained "
+                                  "weights; only where the CPU has native bf16, else fp32 with a note)."),
+    mode: str = typer.Option("exact", "--mode", help="exact (every window on its own pixels) or fullconv (a fast "
+                             "preview: the trunk once over the image; see docs/inference.md)."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="fullconv: run the trunk in bands of this many rows "
+                                       "(less memory)."),
     images_per_chunk: int = typer.Option(4, "--images-per-chunk", help="Images whose patches are batched together."),
     allow_outside_paths: bool = _ALLOW_OUTSIDE,
     ray: bool = _RAY,
@@ -82,9 +93,13 @@ def heatmaps_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from breastscreen.inference.engines import EngineOptions, check_engine_options, tune_allocator
     from breastscreen.inference.heatmap_runner import run_heatmaps
 
     ray_opts = ray_options(ray, ray_address, ray_cpus, ray_gpus)
+    check_engine_options(backend, precision, mode)
+    tune_allocator()
+    engine = EngineOptions(backend=backend, precision=precision, channels_last=True, mode=mode, tile=tile)
 
     with Progress(TextColumn("heatmaps"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), transient=True) as bar:
@@ -95,7 +110,7 @@ def heatmaps_command(
 
         run = run_heatmaps(manifest, model, out, device=device, batch_size=batch_size, resume=resume,
                            overwrite=overwrite, skip_background=skip_background, images_per_chunk=images_per_chunk,
-                           progress=progress, allow_outside_paths=allow_outside_paths, ray=ray_opts)
+                           progress=progress, allow_outside_paths=allow_outside_paths, ray=ray_opts, engine=engine)
     typer.echo(
         f"heatmaps: {len(run.computed)} computed, {len(run.reused)} reused, {len(run.errors)} failed "
         f"in {run.seconds:.1f} s -> {out}"

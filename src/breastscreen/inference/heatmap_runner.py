@@ -27,6 +27,7 @@ from torch import nn
 from breastscreen import __version__
 from breastscreen.data.heatmaps import HEATMAP_SUFFIX, heatmap_filename, read_heatmap_meta, write_heatmap_file
 from breastscreen.errors import BreastscreenError
+from breastscreen.inference.engines import CPU_BATCH_SIZE, GPU_BATCH_SIZE, EngineOptions
 from breastscreen.inference.heatmaps import SlidingWindowHeatmapper
 from breastscreen.outdir import check_output_owner, claim_output_dir
 from breastscreen.safety import assign_names
@@ -189,6 +190,7 @@ def generate_heatmaps(
     progress: Callable[[HeatmapItem, str], None] | None = None,
     ray: "RayOptions | None" = None,
     model_ref: str | None = None,
+    engine: EngineOptions = EngineOptions(),
 ) -> HeatmapRun:
     """Write one heatmap file per mammography image of ``exams`` (preprocessed) into ``out_dir``.
 
@@ -204,6 +206,10 @@ def generate_heatmaps(
     :func:`~breastscreen.inference.ray_runner.ray_session`) each chunk runs as a Ray task whose
     worker loads checkpoint ``model_ref`` (same hash required) on ``device`` as resolved there;
     this process still decides what to reuse and writes every file, so the files are the same.
+
+    ``engine`` chooses how windows are computed (:class:`~breastscreen.inference.engines.EngineOptions`);
+    its mode, backend and precision are stored in each file, and ``resume`` keeps only files made
+    the same way.
     """
     from breastscreen.data.manifest import write_manifest
 
@@ -238,10 +244,13 @@ def generate_heatmaps(
         )
     patch, stride = patch_geometry(scale, meta_model)
     # With Ray the driver's heatmapper only checks the geometry and classes; workers run the model.
+    driver_engine = EngineOptions(mode=engine.mode) if ray is not None else engine
     inferer = SlidingWindowHeatmapper(
         model, patch, stride, batch_size=batch_size, device="cpu" if ray is not None else device, amp=amp,
-        skip_background=skip_background, class_names=class_names,
+        skip_background=skip_background, class_names=class_names, **driver_engine.kwargs(),
     )
+    how = {"mode": engine.mode, "backend": engine.backend, "precision": inferer.engine.precision
+           if ray is None else engine.precision}
 
     def target(it: HeatmapItem) -> Path:
         # heatmap_filename makes the exam id safe; the result is one name inside ``out``.
@@ -256,6 +265,8 @@ def generate_heatmaps(
             and meta.get("patch_size") == patch
             and meta.get("stride") == stride
             and meta.get("skip_background") == bool(skip_background)
+            # files from before these keys existed were exact fp32 torch heatmaps
+            and all(meta.get(k, d) == how[k] for k, d in (("mode", "exact"), ("backend", "torch"), ("precision", "fp32")))
             # The same preprocessed image: a re-preprocessed or replaced one gets new heatmaps.
             and meta.get("image_path") == it.image.path
             and stat
@@ -291,7 +302,7 @@ def generate_heatmaps(
             raise ValueError("generate_heatmaps(ray=...) needs model_ref: each worker loads the checkpoint itself")
         job = HeatmapJob(model_ref=model_ref, sha256=checkpoint_sha256, patch=patch, stride=stride,
                          batch_size=batch_size, device=str(device), amp=amp, skip_background=bool(skip_background),
-                         class_names=tuple(class_names))
+                         class_names=tuple(class_names), engine=engine)
         computed = map_heatmap_chunks(ray, job, pending())
     worker_batches = 0
     for (chunk, done, stats), (events, batches) in computed:
@@ -335,6 +346,7 @@ def generate_heatmaps(
                 "n_evaluated": result.n_evaluated,
                 "skip_background": bool(skip_background),
                 "skipped_windows_excluded": bool(skip_background),
+                **how,
                 "preprocessing": _jsonable(it.image.preprocessing),
                 "package_version": __version__,
             }
@@ -417,15 +429,16 @@ def run_heatmaps(
     out_dir: str | os.PathLike[str],
     *,
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    skip_background: bool = False,
+    skip_background: bool = True,
     images_per_chunk: int = 4,
     workers: int = 1,
     progress: Callable[[int, int, float], None] | None = None,
     allow_outside_paths: bool = False,
     ray: "RayOptions | None" = None,
+    engine: EngineOptions = EngineOptions(channels_last=True),
 ) -> HeatmapRun:
     """``breastscreen heatmaps``: load the patch checkpoint, preprocess if needed, write heatmaps.
 
@@ -457,6 +470,9 @@ def run_heatmaps(
         dev = resolve_device("cpu" if ray is not None else device)
     except ValueError as exc:
         raise BreastscreenError(str(exc)) from None
+    if batch_size is None:
+        on_gpu = (device.startswith("cuda") if ray is not None else dev.type == "cuda")
+        batch_size = GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE
     with ray_session(ray) if ray is not None else contextlib.nullcontext():
         refused: list[tuple[str, str]] = []
         if isinstance(manifest, (str, os.PathLike)):
@@ -498,7 +514,7 @@ def run_heatmaps(
             model_metadata=metadata, class_names=classes, batch_size=batch_size,
             device=device if ray is not None else dev, resume=resume, overwrite=overwrite,
             skip_background=skip_background, images_per_chunk=images_per_chunk, progress=tick, ray=ray,
-            model_ref=worker_ref(model_ref),
+            model_ref=worker_ref(model_ref), engine=engine,
         )
     pre_errors = [("", "", where, reason) for where, reason in refused] + pre_errors
     if pre_errors:

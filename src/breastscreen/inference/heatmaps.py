@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from breastscreen.inference.engines import build_engine
 from breastscreen.inference.strides import padded_size, stride_list, window_offsets
 from breastscreen.labels import HEATMAP_CHANNELS, PATCH_CLASSES
 from breastscreen.specs.mammo import patch_geometry  # noqa: F401 - re-exported: geometry belongs to the patch spec
@@ -145,6 +146,8 @@ def _model_in_channels(model: nn.Module) -> int:
 
 # --------------------------------------------------------------------------- inferer
 
+MODES: tuple[str, ...] = ("exact", "fullconv")
+
 
 @dataclass
 class HeatmapResult:
@@ -187,6 +190,11 @@ class SlidingWindowHeatmapper:
         skip_background: bool = False,
         class_names: Sequence[str] = PATCH_CLASSES,
         standardize: bool = True,
+        backend: str = "torch",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        mode: str = "exact",
+        tile: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -205,19 +213,29 @@ class SlidingWindowHeatmapper:
         self.standardize = standardize
         self.in_channels = _model_in_channels(model)
         self.batches_run = 0  # model batches evaluated so far (instrumentation for --resume)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.tile = tile
+        if mode == "fullconv":
+            from breastscreen.inference.fullconv import needs_trunk
 
-    @torch.inference_mode()
+            needs_trunk(model)
+            if backend != "torch":
+                raise ValueError(f"mode fullconv runs the torch backend (got backend {backend!r})")
+        self.engine = build_engine(model, in_channels=self.in_channels, patch=self.patch, backend=backend,
+                                   precision=precision, device=self.device, channels_last=channels_last,
+                                   cuda_fp16=self.amp)
+
     def _run(self, patches: torch.Tensor) -> np.ndarray:
         self.batches_run += 1
-        x = patches.to(self.device, non_blocking=True)
-        if self.in_channels != x.shape[1]:
-            x = x.expand(-1, self.in_channels, -1, -1)
-        x = x.contiguous()
-        with torch.autocast(device_type=self.device.type, enabled=self.amp):
-            out = self.model(x)
-        logits = out["logits"] if isinstance(out, dict) else out
+        logits = self.engine(patches)
         probs = torch.softmax(logits.float(), dim=1)[:, self.class_index]
         return probs.detach().cpu().numpy()
+
+    def describe(self) -> dict[str, object]:
+        """What computes the windows (mode, backend, precision, fallback note): for provenance."""
+        return {"mode": self.mode, **self.engine.describe()}
 
     def iter_heatmaps(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None
@@ -265,6 +283,9 @@ class SlidingWindowHeatmapper:
             yield i, self._finish(pending.pop(i))
         if not img_idx:
             return
+        if self.mode == "fullconv":
+            yield from self._fullconv(pending, tensors)
+            return
         all_i, all_r, all_c = np.concatenate(img_idx), np.concatenate(win_r), np.concatenate(win_c)
         self.model.eval()
         with torch.inference_mode():
@@ -289,6 +310,20 @@ class SlidingWindowHeatmapper:
                     if p.remaining == 0:
                         tensors.pop(i)
                         yield i, self._finish(pending.pop(i))
+
+    def _fullconv(self, pending: dict[int, _Pending],
+                  tensors: dict[int, torch.Tensor]) -> Iterator[tuple[int, HeatmapResult]]:
+        from breastscreen.inference.fullconv import fullconv_logits
+
+        module = self.engine.module if self.engine.module is not None else self.model
+        module.eval()
+        for i in sorted(tensors):
+            p = pending.pop(i)
+            logits = fullconv_logits(module, tensors.pop(i), p.row_off, p.col_off, self.patch, self.in_channels,
+                                     self.tile, self.engine.precision, self.engine.channels_last)
+            self.batches_run += 1
+            p.probs[:] = torch.softmax(logits, dim=-1)[..., self.class_index].cpu().numpy()
+            yield i, self._finish(p)
 
     def _finish(self, p: _Pending) -> HeatmapResult:
         maps = merge_window_probs(p.probs, p.row_off, p.col_off, self.patch, p.padded, p.valid)

@@ -59,7 +59,7 @@ class HeatmapOptions(ValidatedOptions):
     """Options of :func:`breastscreen.inference.heatmap_runner.run_heatmaps`."""
 
     device: str = "auto"
-    batch_size: int = Field(256, ge=1, le=100_000)
-    skip_background: bool = False
+    batch_size: Optional[int] = Field(None, ge=1, le=100_000)
+    skip_background: bool = True
     images_per_chunk: int = Field(4, ge=1, le=10_000)
     workers: int = Field(1, ge=1, le=256)

@@ -126,6 +126,7 @@ class Predictor:
         self.tta, self.seed, self.batch_size = int(tta), int(seed), int(batch_size)
         self.patch = patch
         self.patch_batch_size = int(patch_batch_size)
+        self._inferers: dict[bool, Any] = {}  # built on first use and kept: building copies the patch model
         self.spec: ModelSpec = self.members[0].spec
 
     @classmethod
@@ -172,12 +173,15 @@ class Predictor:
         if not np.isclose(spec.scale, prepared.record.get("scale", spec.scale)):
             raise BreastscreenError(f"{prepared.source}: image at scale {prepared.record.get('scale')}, "
                                     f"the patch model works at {spec.scale}")
-        # Every window is evaluated (no background skipping), as `breastscreen heatmaps` does by
-        # default, so in-memory and file heatmaps agree outside the breast too.
-        inferer = SlidingWindowHeatmapper(self.patch.model, spec.patch_size, spec.target_stride,
-                                          batch_size=self.patch_batch_size, device=self.device,
-                                          skip_background=False, class_names=spec.classes)
-        maps = inferer.heatmaps([prepared.pixels])[0].maps
+        # Background windows are skipped when the breast mask is known, as `breastscreen heatmaps`
+        # does by default, so in-memory and file heatmaps are the same maps.
+        skip = prepared.mask is not None and prepared.mask.shape == prepared.pixels.shape
+        inferer = self._inferers.get(skip)
+        if inferer is None:
+            inferer = self._inferers[skip] = SlidingWindowHeatmapper(
+                self.patch.model, spec.patch_size, spec.target_stride, batch_size=self.patch_batch_size,
+                device=self.device, skip_background=skip, class_names=spec.classes, channels_last=True)
+        maps = inferer.heatmaps([prepared.pixels], [prepared.mask] if skip else None)[0].maps
         return maps.astype(np.float16).astype(np.float32)
 
     def _maps(self, heatmaps: HeatmapSource | None, exam_id: str, view: str, k: int,

@@ -246,6 +246,7 @@ class HeatmapJob:
     amp: bool | None
     skip_background: bool
     class_names: tuple[str, ...]
+    engine: Any = None  # EngineOptions; None = the exact default
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ def _load_heatmapper(job: HeatmapJob) -> Any:
     device = _resolve(job.device)
     return SlidingWindowHeatmapper(ckpt.model.to(device), job.patch, job.stride, batch_size=job.batch_size,
                                    device=device, amp=job.amp, skip_background=job.skip_background,
-                                   class_names=job.class_names)
+                                   class_names=job.class_names, **(job.engine.kwargs() if job.engine else {}))
 
 
 def heatmap_chunk_task(job: HeatmapJob, items: list[Any], fault: str | None = None) -> tuple[list, int]:

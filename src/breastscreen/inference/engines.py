@@ -1,0 +1,264 @@
+"""Execution engines for patch classifiers: the same network run by PyTorch, ONNX Runtime or OpenVINO.
+
+A patch engine maps a float32 batch [B, C, p, p] to float32 logits [B, K]. Every engine is
+built from the checkpoint's own ``nn.Module``, so its weights cannot drift from the exact
+PyTorch model; what differs is how the arithmetic is scheduled and in which precision:
+
+* ``torch`` / ``fp32`` with ``channels_last=False`` is the *exact* reference every other engine
+  is checked against (tests on a tiny model; ``benchmarks/bench_heatmaps.py`` with trained weights).
+* ``torch`` / ``fp32`` with ``channels_last=True`` runs oneDNN's NHWC convolutions on a private
+  copy of the model (the checkpoint's module is not modified); agreement ~1e-7.
+* ``bf16`` (torch autocast, or OpenVINO's ``INFERENCE_PRECISION_HINT``) multiplies in bfloat16
+  with float32 accumulation: about 3 significant digits, so probabilities move by ~1e-3 with
+  trained weights. Used only where the CPU has native bf16 (AVX512-BF16 or AMX) or on a GPU;
+  elsewhere the engine falls back to fp32 and says so in :attr:`PatchEngine.note`, because
+  emulated bf16 is slower than fp32.
+* ``onnxruntime`` (fp32) and ``openvino`` (fp32/bf16) compile the graph ahead of time (export
+  takes seconds, once per engine); they need ``pip install 'breastscreen[fast]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from breastscreen.errors import BreastscreenError
+
+log = logging.getLogger(__name__)
+
+CPU_BATCH_SIZE = 16  # patches per call on CPU: the fastest measured (benchmarks/bench_heatmaps.py)
+GPU_BATCH_SIZE = 256
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU executes bfloat16 dot products natively (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+class _LogitsOnly(nn.Module):
+    """Wraps a patch model so that it returns the logits tensor (exporters need one tensor out)."""
+
+    def __init__(self, model: nn.Module, in_channels: int) -> None:
+        super().__init__()
+        self.model = model
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K] of a batch [B, C, p, p]."""
+        if x.shape[1] != self.in_channels:
+            x = x.expand(-1, self.in_channels, -1, -1)
+        out = self.model(x)
+        return out["logits"] if isinstance(out, dict) else out
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How heatmap windows are computed: ``breastscreen heatmaps --backend --precision --mode --tile``.
+
+    ``mode`` ``exact`` classifies every window on its own pixels (the default); ``fullconv`` is the
+    fully-convolutional preview of :mod:`breastscreen.inference.fullconv` (torch backend only),
+    with the trunk run in horizontal bands of ``tile`` pixels when given.
+    """
+
+    backend: str = "torch"
+    precision: str = "fp32"
+    channels_last: bool = False
+    mode: str = "exact"
+    tile: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~breastscreen.inference.heatmaps.SlidingWindowHeatmapper`."""
+        return asdict(self)
+
+
+@dataclass
+class PatchEngine:
+    """A callable ``engine(x) -> logits`` with a description of what actually runs.
+
+    ``backend``/``precision`` are what runs (after any fallback); ``note`` explains a fallback.
+    """
+
+    backend: str
+    precision: str
+    channels_last: bool
+    run: Callable[[torch.Tensor], torch.Tensor]
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    module: nn.Module | None = None  # the torch backend's model as it runs (a channels_last copy when asked)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K] (float32, on ``x``'s device for torch, CPU otherwise)."""
+        return self.run(x)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (written into heatmap provenance and benchmark results)."""
+        return {"backend": self.backend, "precision": self.precision, "channels_last": self.channels_last,
+                "note": self.note, **self.details}
+
+
+def check_engine_options(backend: str, precision: str, mode: str = "exact") -> None:
+    """Refuse an unknown backend/precision/mode combination with one line naming the choices."""
+    if mode not in ("exact", "fullconv"):
+        raise BreastscreenError(f"--mode must be exact or fullconv, got {mode!r}")
+    if mode == "fullconv" and backend != "torch":
+        raise BreastscreenError("--mode fullconv runs the torch backend (its input size changes per image)")
+    if backend not in BACKENDS:
+        raise BreastscreenError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise BreastscreenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "onnxruntime" and precision != "fp32":
+        raise BreastscreenError("--backend onnxruntime runs fp32 only (its CPU kernels have no bf16 convolutions); "
+                                "use --backend openvino or torch for bf16")
+
+
+def tune_allocator() -> bool:
+    """Keep glibc malloc from returning large activation buffers to the kernel after every batch.
+
+    By default glibc serves blocks above a dynamic threshold with ``mmap`` and unmaps them on
+    ``free``; a network's activations are such blocks, so every batch re-faults them page by
+    page (most of the heatmap loop's time went to the kernel before this). Raising the mmap and
+    trim thresholds lets freed blocks be reused from the heap. Process-wide, so only command-line
+    entry points call it; returns False where ``mallopt`` is unavailable (non-glibc systems).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    # The mmap threshold cannot be raised past 32 MiB on 64-bit glibc, smaller than one batch's
+    # activations, so mmap is switched off altogether; 1 GiB of free heap may stay mapped.
+    ok_trim = mallopt(m_trim_threshold, 1 << 30)
+    ok_mmap = mallopt(m_mmap_max, 0)
+    return bool(ok_trim and ok_mmap)
+
+
+def build_engine(
+    model: nn.Module,
+    *,
+    in_channels: int,
+    patch: int,
+    backend: str = "torch",
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+    threads: int | None = None,
+    cuda_fp16: bool = False,
+) -> PatchEngine:
+    """Build the engine that runs ``model`` (in eval mode) on batches of ``patch``-pixel windows.
+
+    ``threads`` (default: ``torch.get_num_threads()``) bounds the compiled backends' thread pools.
+    ``cuda_fp16`` keeps the historical CUDA default (fp16 autocast) when ``precision`` is fp32.
+    """
+    check_engine_options(backend, precision)
+    device = torch.device(device)
+    model.eval()
+    note = ""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        note = "bf16 requested but this CPU has no native bf16 (AVX512-BF16/AMX): ran fp32"
+        precision = "fp32"
+    if backend != "torch" and device.type != "cpu":
+        raise BreastscreenError(f"--backend {backend} runs on the CPU; use --backend torch on {device}")
+    threads = int(threads or torch.get_num_threads())
+    wrapped = _LogitsOnly(model, in_channels)
+    if backend == "torch":
+        dtype = torch.bfloat16 if precision == "bf16" else (torch.float16 if cuda_fp16 and device.type == "cuda" else None)
+        if channels_last:
+            # A private copy: converting the checkpoint's own module would change it under its owner.
+            wrapped = copy.deepcopy(wrapped).to(memory_format=torch.channels_last)
+        run = _torch_runner(wrapped, dtype, device, channels_last)
+        return PatchEngine("torch", "fp16" if dtype is torch.float16 else precision, channels_last, run, note,
+                           module=wrapped.model)
+    example = torch.zeros(2, in_channels, patch, patch)
+    if backend == "onnxruntime":
+        return PatchEngine("onnxruntime", precision, False, _onnxruntime_runner(wrapped, example, threads), note)
+    return PatchEngine("openvino", precision, False, _openvino_runner(wrapped, example, precision, threads), note)
+
+
+def _torch_runner(wrapped: nn.Module, dtype: torch.dtype | None, device: torch.device,
+                  channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    @torch.inference_mode()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            # expand() to 3 channels first so the NHWC copy is made once, at the stem's width
+            if x.shape[1] != wrapped.in_channels:
+                x = x.expand(-1, wrapped.in_channels, -1, -1)
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return wrapped(x).float()
+
+    return run
+
+
+def _import(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError:
+        raise BreastscreenError(f"--backend {name} needs the {name} package: pip install 'breastscreen[fast]'") from None
+
+
+def _onnxruntime_runner(wrapped: nn.Module, example: torch.Tensor, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    ort = _import("onnxruntime")
+    _import("onnxscript")  # the exporter's dependency: one clear line rather than a deep ImportError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(wrapped, (example,), dynamo=True, verbose=False,
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(session.run(None, {name: arr})[0])
+
+    return run
+
+
+def _openvino_runner(wrapped: nn.Module, example: torch.Tensor, precision: str,
+                     threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    ov = _import("openvino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ov_model = ov.convert_model(wrapped, example_input=example,
+                                    input=[ov.PartialShape([-1, *example.shape[1:]])])
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        request.infer({0: arr})
+        # copy: the request's output buffer is reused by the next call
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+
+    return run
