@@ -112,7 +112,8 @@ class Predictor:
     """Runs one model or an ensemble (one spec) on exams held in memory (see the module docstring)."""
 
     def __init__(self, members: Sequence[Member], device: torch.device | str = "cpu", *, tta: int = 1, seed: int = 0,
-                 batch_size: int = 8, patch: Member | None = None, patch_batch_size: int = 64) -> None:
+                 batch_size: int = 8, patch: Member | None = None, patch_batch_size: int = 64,
+                 patch_engine: Any = None) -> None:
         if not members:
             raise BreastscreenError("a Predictor needs at least one model")
         if tta < 1:
@@ -127,12 +128,19 @@ class Predictor:
         self.patch = patch
         self.patch_batch_size = int(patch_batch_size)
         self._inferers: dict[bool, Any] = {}  # built on first use and kept: building copies the patch model
+        # How patch windows are computed (EngineOptions); the default is the exact mode in channels-last.
+        self.patch_engine = patch_engine
         self.spec: ModelSpec = self.members[0].spec
 
     @classmethod
     def load(cls, models: str | Sequence[str], device: str | torch.device = "cpu", *, tta: int = 1, seed: int = 0,
-             batch_size: int = 8, patch_model: str | None = None, patch_batch_size: int = 64) -> "Predictor":
-        """Load checkpoint files, bundled model names or ensemble manifests (``device="auto"`` picks CUDA)."""
+             batch_size: int = 8, patch_model: str | None = None, patch_batch_size: int = 64,
+             patch_engine: Any = None) -> "Predictor":
+        """Load checkpoint files, bundled model names or ensemble manifests (``device="auto"`` picks CUDA).
+
+        ``patch_engine`` (:class:`~breastscreen.inference.engines.EngineOptions`) chooses the backend,
+        precision and mode of on-the-fly heatmaps (default: exact fp32, channels-last).
+        """
         from breastscreen.utils import resolve_device
 
         try:
@@ -142,7 +150,7 @@ class Predictor:
         members = load_members(models, dev)
         patch = load_members(patch_model, dev)[0] if patch_model else None
         return cls(members, dev, tta=tta, seed=seed, batch_size=batch_size, patch=patch,
-                   patch_batch_size=patch_batch_size)
+                   patch_batch_size=patch_batch_size, patch_engine=patch_engine)
 
     # ------------------------------------------------------------------ description
 
@@ -178,9 +186,12 @@ class Predictor:
         skip = prepared.mask is not None and prepared.mask.shape == prepared.pixels.shape
         inferer = self._inferers.get(skip)
         if inferer is None:
+            from breastscreen.inference.engines import EngineOptions
+
+            engine = self.patch_engine or EngineOptions(channels_last=True)
             inferer = self._inferers[skip] = SlidingWindowHeatmapper(
                 self.patch.model, spec.patch_size, spec.target_stride, batch_size=self.patch_batch_size,
-                device=self.device, skip_background=skip, class_names=spec.classes, channels_last=True)
+                device=self.device, skip_background=skip, class_names=spec.classes, **engine.kwargs())
         maps = inferer.heatmaps([prepared.pixels], [prepared.mask] if skip else None)[0].maps
         return maps.astype(np.float16).astype(np.float32)
 
