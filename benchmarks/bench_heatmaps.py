@@ -59,6 +59,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "openvino-bf16": {"backend": "openvino", "skip": True, "batch": 16, "allocator": True, "precision": "bf16"},
     "fullconv-fp32": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True},
     "fullconv-bf16": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True, "precision": "bf16"},
+    "fullconv-bf16-refine10": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True,
+                               "precision": "bf16", "refine": 0.1, "batch": 16},
+}
+# Whole exam (4 views, 10 TTA) through the Predictor: full-size NYU view-wise image+heatmaps model
+# (random weights: time does not depend on them) with on-the-fly heatmaps of the trained patch model.
+EXAM_VARIANTS: dict[str, dict[str, Any]] = {
+    "exam-default": {},
+    "exam-openvino-bf16": {"backend": "openvino", "precision": "bf16"},
 }
 TRAIN = ["model=densenet121-patch", "recipe.composition={malignant: 48, benign: 48, outside: 48, negative: 48}",
          "epochs=3", "batch_size=16", "lr=1e-3", "monitor=train_loss", "monitor_mode=min", "seed=0",
@@ -125,6 +133,8 @@ def worker(args: argparse.Namespace) -> int:
     from breastscreen.inference.heatmaps import SlidingWindowHeatmapper, prepare_image
     from breastscreen.models import load_checkpoint
 
+    if args.variant in EXAM_VARIANTS:
+        return exam_worker(args)
     opts = VARIANTS[args.variant]
     data = np.load(args.image)
     pixels, mask = data["pixels"], data["mask"]
@@ -143,7 +153,8 @@ def worker(args: argparse.Namespace) -> int:
         inferer = SlidingWindowHeatmapper(
             model, PATCH, STRIDE, batch_size=opts.get("batch", 16), skip_background=opts.get("skip", True),
             backend=opts.get("backend", "torch"), precision=opts.get("precision", "fp32"),
-            channels_last=opts.get("channels_last", False), mode=opts.get("mode", "exact"))
+            channels_last=opts.get("channels_last", False), mode=opts.get("mode", "exact"),
+            refine=opts.get("refine", 0.0))
         out["setup_seconds"] = time.perf_counter() - t0  # export/compile of the compiled backends
         # one warm-up batch: kernel selection and first-touch allocation happen once per process
         with torch.inference_mode():
@@ -158,6 +169,42 @@ def worker(args: argparse.Namespace) -> int:
     if args.maps:
         np.save(args.maps, maps.astype(np.float32))
     print(json.dumps(out))
+    return 0
+
+
+def exam_worker(args: argparse.Namespace) -> int:
+    """One exam through ``Predictor.predict_exam`` (preprocessing, heatmaps, 10 TTA); print a JSON line."""
+    import torch
+
+    from breastscreen import Predictor
+    from breastscreen.data.manifest import read_manifest
+    from breastscreen.inference.engines import EngineOptions, tune_allocator
+
+    tune_allocator()
+    opts = EXAM_VARIANTS[args.variant]
+    engine = EngineOptions(channels_last=True, **opts)
+    exam = read_manifest(args.image)[0]
+    t0 = time.perf_counter()
+    predictor = Predictor.load(str(Path(args.weights).parent.parent / "breast-random.safetensors"), "cpu", tta=10,
+                               patch_model=args.weights, patch_batch_size=16, patch_engine=engine)
+    setup = time.perf_counter() - t0
+    spent = {"heatmaps": 0.0}
+    inner = predictor.compute_heatmaps
+
+    def timed(prepared: Any) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return inner(prepared)
+        finally:
+            spent["heatmaps"] += time.perf_counter() - t
+
+    predictor.compute_heatmaps = timed  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    values = predictor.predict_exam(exam).values
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"variant": args.variant, "seconds": seconds, "heatmap_seconds": spent["heatmaps"],
+                      "setup_seconds": setup, "values": values, "threads": torch.get_num_threads(),
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
     return 0
 
 
@@ -315,8 +362,11 @@ def summarise(raw: list[dict[str, Any]], images: dict[str, Path], work: Path, pe
     exact_ok = {v: r for v, r in table.items() if v != "reference" and not v.startswith("fullconv")
                 and r["max_abs_diff"] <= 0.01}
     best = max(exact_ok, key=lambda v: exact_ok[v]["ratio_vs_reference"])
+    # the preview reported at the top: the fastest fullconv variant with r >= 0.99 inside the breast,
+    # else the fastest one (rule fixed before the committed run; every variant is in the table)
     full = {v: r for v, r in table.items() if v.startswith("fullconv")}
-    best_full = max(full, key=lambda v: full[v]["ratio_vs_reference"]) if full else None
+    close = {v: r for v, r in full.items() if r["pearson_r"] >= 0.99} or full
+    best_full = max(close, key=lambda v: close[v]["ratio_vs_reference"]) if close else None
     evaluated = table["default"]["evaluated"]
     return {
         "image": main,
@@ -344,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd")
     w = sub.add_parser("worker")
-    w.add_argument("--variant", required=True, choices=list(VARIANTS))
+    w.add_argument("--variant", required=True, choices=[*VARIANTS, *EXAM_VARIANTS])
     w.add_argument("--image", required=True)
     w.add_argument("--weights", required=True)
     w.add_argument("--threads", type=int, default=2)
@@ -354,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
+    ap.add_argument("--exam", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time one whole exam (4 views, 10 TTA) through the Predictor")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (reference and exact always run)")
     args = ap.parse_args(argv)
     if args.cmd == "worker":
@@ -367,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["reference", "exact"] + [v for v in args.variants.split(",") if v not in ("reference", "exact")]
     images = prepare_images(work, Path(args.shared))
     weights = trained_weights(work)
+    breast = work / "breast-random.safetensors"
+    if not breast.exists():
+        from breastscreen.models import create_model, save_checkpoint
+
+        torch.manual_seed(0)
+        save_checkpoint(create_model("nyu-viewwise-heatmaps"), breast, {"scale": 1.0})
+    exam_manifest = work / "synth-one" / "manifest.jsonl"
     log_path = work / "raw.jsonl"
     raw = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     done = {(r["round"], r["image"], r["variant"]) for r in raw}
@@ -384,8 +443,27 @@ def main(argv: list[str] | None = None) -> int:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(r) + "\n")
                 raw.append(r)
+        for v in EXAM_VARIANTS if args.exam else ():
+            if (rnd, "exam", v) in done:
+                continue
+            r = measure(work, v, exam_manifest, weights, args.threads, None)
+            r.update(round=rnd, image="exam")
+            print(json.dumps({k: r[k] for k in ("round", "image", "variant", "seconds", "heatmap_seconds")}), flush=True)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            raw.append(r)
     peaks = matmul_peaks(args.threads)
-    result = summarise(raw, images, work, peaks, macs_per_window(weights), variants)
+    result = summarise([r for r in raw if r["image"] != "exam"], images, work, peaks, macs_per_window(weights), variants)
+    exam_rows = [r for r in raw if r["image"] == "exam"]
+    if exam_rows:
+        result["whole_exam"] = {
+            v: {"median_seconds": round(float(np.median([r["seconds"] for r in rows])), 2),
+                "median_heatmap_seconds": round(float(np.median([r["heatmap_seconds"] for r in rows])), 2),
+                "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rows), 1), "rounds": len(rows)}
+            for v in EXAM_VARIANTS if (rows := [r for r in exam_rows if r["variant"] == v])}
+        result["whole_exam"]["what"] = ("Predictor.predict_exam on one synthetic full-resolution exam (4 views, raw "
+                                        "files: preprocessing included), 10 TTA, full-size nyu-viewwise-heatmaps "
+                                        "(random weights) + the trained densenet121-patch heatmaps on the fly")
     from bench_common import environment
 
     result.update({

@@ -114,7 +114,7 @@ def test_bad_engine_options_are_one_line_errors() -> None:
 def test_engine_options_round_trip() -> None:
     opts = EngineOptions(backend="openvino", precision="bf16", mode="exact")
     assert opts.kwargs() == {"backend": "openvino", "precision": "bf16", "channels_last": False,
-                             "mode": "exact", "tile": None}
+                             "mode": "exact", "tile": None, "refine": 0.0}
 
 
 # ------------------------------------------------------------------ fully-convolutional preview
@@ -167,3 +167,27 @@ def test_fullconv_refuses_models_without_a_trunk() -> None:
 def test_window_offsets_used_by_preview_cover_image() -> None:
     offs = window_offsets(70, PATCH, 9)
     assert offs[0] == 0 and offs[-1] + PATCH == 70
+
+
+def test_fullconv_refine_all_windows_is_the_exact_heatmap() -> None:
+    model = _model()
+    exact = _heatmap(model, skip_background=True)
+    refined = _heatmap(model, mode="fullconv", refine=1.0, skip_background=True)
+    np.testing.assert_allclose(refined, exact, atol=1e-6)
+
+
+def test_fullconv_refine_replaces_the_most_probable_windows_only() -> None:
+    model = _model()
+    img, mask = _image()
+    kw = dict(batch_size=4, standardize=False, skip_background=True, mode="fullconv")
+    preview = SlidingWindowHeatmapper(model, PATCH, 9, **kw)
+    part = SlidingWindowHeatmapper(model, PATCH, 9, refine=0.25, **kw)
+    a = preview.heatmaps([img], [mask])[0].maps
+    b = part.heatmaps([img], [mask])[0].maps
+    exact = _heatmap(model, skip_background=True)
+    inside = mask > 0
+    # closer to the exact map than the plain preview, but not equal to it
+    assert np.abs(b - exact)[:, inside].mean() < np.abs(a - exact)[:, inside].mean()
+    assert np.abs(b - exact).max() > 1e-6
+    with pytest.raises(ValueError, match="refine must be a fraction"):
+        SlidingWindowHeatmapper(model, PATCH, 9, mode="fullconv", refine=1.5)

@@ -71,6 +71,8 @@ def heatmaps_command(
                              "preview: the trunk once over the image; see docs/inference.md)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="fullconv: run the trunk in bands of this many rows "
                                        "(less memory)."),
+    refine: float = typer.Option(0.0, "--refine", help="fullconv: then evaluate exactly this fraction of the windows "
+                                 "(those with the highest preview probability; 1 = all, i.e. the exact heatmap)."),
     images_per_chunk: int = typer.Option(4, "--images-per-chunk", help="Images whose patches are batched together."),
     allow_outside_paths: bool = _ALLOW_OUTSIDE,
     ray: bool = _RAY,
@@ -99,7 +101,10 @@ def heatmaps_command(
     ray_opts = ray_options(ray, ray_address, ray_cpus, ray_gpus)
     check_engine_options(backend, precision, mode)
     tune_allocator()
-    engine = EngineOptions(backend=backend, precision=precision, channels_last=True, mode=mode, tile=tile)
+    if not 0.0 <= refine <= 1.0 or (refine and mode != "fullconv"):
+        raise BreastscreenError(f"--refine must be a fraction in [0, 1] and needs --mode fullconv (got {refine})")
+    engine = EngineOptions(backend=backend, precision=precision, channels_last=True, mode=mode, tile=tile,
+                           refine=refine)
 
     with Progress(TextColumn("heatmaps"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), transient=True) as bar:

@@ -76,7 +76,8 @@ class EngineOptions:
 
     ``mode`` ``exact`` classifies every window on its own pixels (the default); ``fullconv`` is the
     fully-convolutional preview of :mod:`breastscreen.inference.fullconv` (torch backend only),
-    with the trunk run in horizontal bands of ``tile`` pixels when given.
+    with the trunk run in horizontal bands of ``tile`` pixels when given, and the ``refine``
+    fraction of windows with the highest preview probability then evaluated exactly.
     """
 
     backend: str = "torch"
@@ -84,6 +85,7 @@ class EngineOptions:
     channels_last: bool = False
     mode: str = "exact"
     tile: int | None = None
+    refine: float = 0.0
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~breastscreen.inference.heatmaps.SlidingWindowHeatmapper`."""

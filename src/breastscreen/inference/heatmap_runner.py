@@ -250,7 +250,7 @@ def generate_heatmaps(
         skip_background=skip_background, class_names=class_names, **driver_engine.kwargs(),
     )
     how = {"mode": engine.mode, "backend": engine.backend, "precision": inferer.engine.precision
-           if ray is None else engine.precision}
+           if ray is None else engine.precision, "refine": engine.refine if engine.mode == "fullconv" else 0.0}
 
     def target(it: HeatmapItem) -> Path:
         # heatmap_filename makes the exam id safe; the result is one name inside ``out``.
@@ -266,7 +266,8 @@ def generate_heatmaps(
             and meta.get("stride") == stride
             and meta.get("skip_background") == bool(skip_background)
             # files from before these keys existed were exact fp32 torch heatmaps
-            and all(meta.get(k, d) == how[k] for k, d in (("mode", "exact"), ("backend", "torch"), ("precision", "fp32")))
+            and all(meta.get(k, d) == how[k]
+                    for k, d in (("mode", "exact"), ("backend", "torch"), ("precision", "fp32"), ("refine", 0.0)))
             # The same preprocessed image: a re-preprocessed or replaced one gets new heatmaps.
             and meta.get("image_path") == it.image.path
             and stat

@@ -195,6 +195,7 @@ class SlidingWindowHeatmapper:
         channels_last: bool = False,
         mode: str = "exact",
         tile: int | None = None,
+        refine: float = 0.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -217,6 +218,9 @@ class SlidingWindowHeatmapper:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.tile = tile
+        if not 0.0 <= refine <= 1.0:
+            raise ValueError(f"refine must be a fraction in [0, 1], got {refine}")
+        self.refine = float(refine)
         if mode == "fullconv":
             from breastscreen.inference.fullconv import needs_trunk
 
@@ -319,11 +323,29 @@ class SlidingWindowHeatmapper:
         module.eval()
         for i in sorted(tensors):
             p = pending.pop(i)
-            logits = fullconv_logits(module, tensors.pop(i), p.row_off, p.col_off, self.patch, self.in_channels,
+            image = tensors.pop(i)
+            logits = fullconv_logits(module, image, p.row_off, p.col_off, self.patch, self.in_channels,
                                      self.tile, self.engine.precision, self.engine.channels_last)
             self.batches_run += 1
             p.probs[:] = torch.softmax(logits, dim=-1)[..., self.class_index].cpu().numpy()
+            if self.refine > 0:
+                self._refine(p, image)
             yield i, self._finish(p)
+
+    def _refine(self, p: _Pending, image: torch.Tensor) -> None:
+        """Re-evaluate exactly the ``refine`` fraction of valid windows with the highest preview probability."""
+        ri, ci = np.nonzero(p.valid)
+        n = int(np.ceil(self.refine * len(ri)))
+        if n == 0:
+            return
+        score = p.probs[ri, ci].max(axis=1)
+        # stable sort of the negated score: ties keep grid order, so the choice is deterministic
+        pick = np.argsort(-score, kind="stable")[:n]
+        ri, ci = ri[pick], ci[pick]
+        for start in range(0, n, self.batch_size):
+            rr, cc = ri[start:start + self.batch_size], ci[start:start + self.batch_size]
+            patches = extract_patches(image, torch.as_tensor(p.row_off[rr]), torch.as_tensor(p.col_off[cc]), self.patch)
+            p.probs[rr, cc] = self._run(patches)
 
     def _finish(self, p: _Pending) -> HeatmapResult:
         maps = merge_window_probs(p.probs, p.row_off, p.col_off, self.patch, p.padded, p.valid)

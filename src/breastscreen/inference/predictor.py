@@ -355,6 +355,15 @@ class Predictor:
                 "attention_benign": [float(v) for v in a[:, 0]],
                 "images": [im.record.get("source_path", im.source) for im in kept],
                 "excluded": [{"image": n, "reason": r} for n, r in dropped],
+                # Per image, in the order of "images": the maps cover the prepared square, which is
+                # the crop box of the original resized to prepared_size (what `evaluate --masks` needs).
+                "saliency_malignant": np.round(s[:, 1], 6).tolist(),
+                "saliency_benign": np.round(s[:, 0], 6).tolist(),
+                "crop_boxes": [[int(v) for v in im.record["crop_box"]] if "crop_box" in im.record else None
+                               for im in kept],
+                "original_shapes": [[int(v) for v in im.record["original_shape"]] if "original_shape" in im.record
+                                    else None for im in kept],
+                "prepared_size": int(spec.prepare_size),
             }
             bags[side] = {"pixels": [im.pixels for im in kept], "attention": a[:, 1], "saliency": s[:, 1], "probs": p,
                           "sources": [im.source for im in kept], "records": [im.record for im in kept]}
