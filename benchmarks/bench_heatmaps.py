@@ -52,6 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reference": {"reference": True},
     "exact": {"channels_last": False, "skip": True, "batch": 16, "allocator": True},
     "default": {"channels_last": True, "skip": True, "batch": 16, "allocator": True},
+    "default-batch64": {"channels_last": True, "skip": True, "batch": 64, "allocator": True},
     "default-no-allocator-tuning": {"channels_last": True, "skip": True, "batch": 16, "allocator": False},
     "torch-bf16": {"channels_last": True, "skip": True, "batch": 16, "allocator": True, "precision": "bf16"},
     "onnxruntime-fp32": {"backend": "onnxruntime", "skip": True, "batch": 16, "allocator": True},
