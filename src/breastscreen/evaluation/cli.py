@@ -66,6 +66,9 @@ def evaluate_cmd(
     permutations: int = typer.Option(10_000, help="Trials of the one-sided permutation test (0 = skip)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Drop predicted exams that are not in the "
                                        "labels instead of failing."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Ultrasound: a manifest with lesion masks. Adds the "
+                                         "pointing game and mean IoU of the malignant saliency maps (read from the "
+                                         "predictions.jsonl beside --predictions) against its malignant masks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/metrics.json."),
 ) -> None:
     """Evaluate predictions against labels: AUROC/AUPRC with bootstrap and DeLong CIs, operating points,
@@ -88,6 +91,7 @@ def evaluate_cmd(
         unused = [name for name, given in (("--readers", readers is not None),
                                            ("--val-predictions", val_predictions is not None),
                                            ("--subgroup", bool(subgroup)),
+                                           ("--masks", masks is not None),
                                            ("--population", population != "screening")) if given]
         if unused:
             raise EvaluationInputError(f"{', '.join(unused)} do(es) not apply to --level lesion")
@@ -112,8 +116,16 @@ def evaluate_cmd(
     from rich.console import Console
 
     console = Console(stderr=True)
+    loc = None
+    if masks is not None:
+        from breastscreen.evaluation.localisation import localisation_from_predictions
+
+        # Checked before the bootstrap so that a bad masks manifest fails fast.
+        loc = localisation_from_predictions(predictions.with_name("predictions.jsonl"), masks)
     with console.status("computing metrics, bootstrap and permutation tests ..."):
         result = evaluate(preds, labs, rd, cfg, val)
+        if loc is not None:
+            result.metrics["localisation"] = {"malignant": loc}
         files = write_outputs(result, out, overwrite=overwrite)
     for w in result.warnings:
         typer.secho(f"warning: {w}", err=True, fg=typer.colors.YELLOW)
@@ -121,6 +133,9 @@ def evaluate_cmd(
     if main.get("value") is not None:
         ci = f" [{main['ci_low']:.3f}, {main['ci_high']:.3f}]" if main.get("ci_low") is not None else ""
         typer.echo(f"{level}-level malignant AUROC {main['value']:.4f}{ci}")
+    if loc is not None:
+        typer.echo(f"malignant saliency vs lesion masks ({loc['n_images']} images): pointing game "
+                   f"{loc['pointing_game']:.3f}, mean IoU {loc['mean_iou']:.3f}")
     typer.echo(f"wrote {files['metrics']}, {files['report']} and {len(files) - 2} plot(s) to {out}")
 
 

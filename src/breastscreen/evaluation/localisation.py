@@ -11,13 +11,19 @@ against radiologists' segmentations). Two standard measures, both on one image a
   own maximum, since sigmoid saliency maps trained with an L1 penalty rarely reach an
   absolute 0.5), and compared with the mask by intersection over union.
 
-All functions are pure and work on NumPy arrays.
+The functions above :func:`localisation_from_predictions` are pure and work on NumPy arrays;
+that one reads a ``breastscreen predict`` run's ``predictions.jsonl`` (per breast: the saliency
+maps, crop boxes and original shapes of its images) and a manifest's lesion masks, for
+``breastscreen evaluate --masks MANIFEST``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
@@ -149,3 +155,102 @@ def mask_in_prepared_geometry(mask: np.ndarray, record: dict, size: int) -> np.n
     x0, y0, x1, y1 = (int(v) for v in record["crop_box"])
     crop = np.ascontiguousarray(mask[y0:y1, x0:x1]).astype(np.uint8)
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def _saliency_bags(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(exam_id, breast entry) for every ultrasound breast of a predictions.jsonl; raises naming the file."""
+    from breastscreen.evaluation.io import EvaluationInputError
+
+    if not path.is_file():
+        raise EvaluationInputError(f"{path}: not found; --masks reads the saliency maps from the predictions.jsonl "
+                                   "written beside predictions.csv by `breastscreen predict`")
+    bags = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise EvaluationInputError(f"{path}:{lineno}: not JSON ({exc})") from None
+            for entry in (row.get("breasts") or {}).values():
+                if isinstance(entry, dict):
+                    bags.append((str(row.get("exam_id")), entry))
+    if not bags:
+        raise EvaluationInputError(f"{path}: no ultrasound breasts (the saliency localisation is for ultrasound runs)")
+    if not any("saliency_malignant" in e for _, e in bags):
+        raise EvaluationInputError(f"{path}: no saliency maps (written by `breastscreen predict` since saliency maps "
+                                   "were added to predictions.jsonl); predict again")
+    return bags
+
+
+def _canonical(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def localisation_from_predictions(
+    predictions_jsonl: str | os.PathLike[str],
+    masks_manifest: str | os.PathLike[str],
+    threshold: float = 0.5,
+    mode: str = "relative",
+    tolerance: int = 0,
+    label: str = "malignant",
+) -> dict[str, Any]:
+    """Pointing game and mean IoU of the ``label`` saliency maps of a predict run against the masks of a manifest.
+
+    Every image of the manifest with a ``label`` lesion mask that the run predicted (same file)
+    counts once: its masks (union) are cropped and resized like the prepared image
+    (:func:`mask_in_prepared_geometry`) and compared with its map. Masked images the run did not
+    predict, or excluded, are counted as ``n_masked_images_without_map``; a lesion wholly outside
+    the crop (never with the safe crop) as ``n_lesions_outside_crop``. Bad input raises a
+    one-line :class:`~breastscreen.evaluation.io.EvaluationInputError` naming the file.
+    """
+    from breastscreen.data.manifest import read_manifest
+    from breastscreen.evaluation.io import EvaluationInputError
+
+    if label not in ("malignant", "benign"):
+        raise ValueError(f"label must be malignant or benign, got {label!r}")
+    jsonl, manifest = Path(predictions_jsonl), Path(masks_manifest)
+    maps: dict[str, tuple[np.ndarray, list[int], list[int], int]] = {}
+    for exam_id, entry in _saliency_bags(jsonl):
+        saliency = entry.get(f"saliency_{label}") or []
+        images, boxes, shapes = entry.get("images") or [], entry.get("crop_boxes") or [], entry.get("original_shapes") or []
+        if not (len(saliency) == len(images) == len(boxes) == len(shapes)):
+            raise EvaluationInputError(f"{jsonl}: exam {exam_id}: images, saliency maps, crop boxes and shapes differ "
+                                       "in number")
+        for image, sal, box, shape in zip(images, saliency, boxes, shapes):
+            if box is not None and shape is not None:
+                maps[_canonical(str(image))] = (np.asarray(sal, np.float32), box, shape, int(entry["prepared_size"]))
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    n_masked = n_without = 0
+    for exam in read_manifest(manifest):
+        for _, image in exam.iter_images():
+            paths = [m.path for m in image.masks if m.label == label]
+            if not paths:
+                continue
+            n_masked += 1
+            found = maps.get(_canonical(image.path))
+            if found is None:
+                n_without += 1
+                continue
+            sal, box, shape, size = found
+            union = None
+            for p in paths:
+                arr = cv2.imread(p, cv2.IMREAD_GRAYSCALE)
+                if arr is None:
+                    raise EvaluationInputError(f"{p}: cannot read the lesion mask (listed in {manifest})")
+                if arr.shape != tuple(shape):
+                    raise EvaluationInputError(f"{p}: mask of shape {arr.shape} does not match its image "
+                                               f"{image.path} ({tuple(shape)} in {jsonl})")
+                union = arr > 0 if union is None else union | (arr > 0)
+            mask = mask_in_prepared_geometry(union, {"crop_box": box, "original_shape": shape}, size)
+            if mask.any():
+                pairs.append((sal, mask))
+    if not pairs:
+        raise EvaluationInputError(f"{manifest}: none of its {n_masked} image(s) with a {label} lesion mask inside "
+                                   f"the crop has a saliency map in {jsonl}")
+    summary = summarise_localisation(pairs, threshold, mode, tolerance)
+    return {"saliency": label, "n_images": summary.n_images, "pointing_game": summary.pointing_game,
+            "mean_iou": summary.mean_iou, "threshold": threshold, "threshold_mode": mode, "tolerance_px": tolerance,
+            "n_masked_images": n_masked, "n_masked_images_without_map": n_without,
+            "n_lesions_outside_crop": n_masked - n_without - summary.n_images}

@@ -184,6 +184,12 @@ def render_html(result: EvaluationResult, images: dict[str, Path]) -> str:
                                                     "benign AUROC"], srow))
         if "subgroups" in images:
             parts.append(_img(images["subgroups"]))
+    loc = m.get("localisation", {}).get("malignant")
+    if loc:
+        parts.append("<h2>Localisation: malignant saliency vs lesion masks</h2>" + _table(
+            ["images", "pointing game", "mean IoU", "map threshold"],
+            [[_f(loc["n_images"]), _f(loc["pointing_game"]), _f(loc["mean_iou"]),
+              f"{_f(loc['threshold'])} ({html.escape(loc['threshold_mode'])})"]]))
     return _page(parts)
 
 
