@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned to the local CPU wheel: any other spec pulls gigabytes of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
+	# OpenCV pinned for the test environment: the synthetic phantoms draw text with its Hershey fonts,
+	# whose rasterisation changed in 5.1, and the pinned reference outputs are made from those pixels
+	$(PY) -m pip install --quiet opencv-python-headless==5.1.0.95
 	# the ray and fast extras too, so that the --ray and --backend tests run in `make test` (they skip where missing)
 	$(PY) -m pip install --quiet -e '.[test,ray,fast]'
 	touch $(STAMP)

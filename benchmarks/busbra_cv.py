@@ -1,17 +1,17 @@
 """BUS-BRA 5-fold cross-validation of the ultrasound gated-attention MIL classifier, via `breastscreen train us`.
 
-Usage (the command behind benchmarks/results/busbra_cv.json, protocol v2):
-
-    python benchmarks/busbra_cv.py --data ../shared/data/bus-bra --work scratch/busbra \
-        --out benchmarks/results/busbra_cv.json \
-        --predictions benchmarks/results/busbra_cv_predictions.csv \
-        --final-model src/breastscreen/zoo/us-busbra-mil.safetensors
-
-Protocol v3 (issue 14; registered in the script before any v3 fold ran, see PROTOCOL_V3):
+Usage (the command behind benchmarks/results/busbra_cv.json, protocol v3, issue 14; registered in
+the script before any v3 fold ran, see PROTOCOL_V3):
 
     python benchmarks/busbra_cv.py --protocol v3 --data ../shared/data/bus-bra --work scratch/busbra-v3 \
-        --out benchmarks/results/busbra_cv_v3.json \
-        --predictions benchmarks/results/busbra_cv_v3_predictions.csv --jobs 2 --threads 1
+        --out benchmarks/results/busbra_cv.json \
+        --predictions benchmarks/results/busbra_cv_predictions.csv \
+        --final-model src/breastscreen/zoo/us-busbra-mil.safetensors --jobs 2 --threads 1
+
+The replaced protocol v2 (benchmarks/results/busbra_cv_v2.json, seed 0 of four planned):
+
+    python benchmarks/busbra_cv.py --data ../shared/data/bus-bra --work scratch/busbra-v2 \
+        --out benchmarks/results/busbra_cv_v2.json --threads 1 --seeds 0 --planned-seeds 0,1,2,3
 
 Quick checks, no training:
 
@@ -26,7 +26,7 @@ held-out fold with the Predictor and writes per-fold and pooled breast-level AUR
 Resumable: rerun the same command after an interruption (finished folds are kept, an
 interrupted fold resumes from its last epoch).
 
-Protocol v2 (the default; the committed figures; fixed before the re-run through `breastscreen
+Protocol v2 (the default for backward compatibility; replaced by v3; fixed before the re-run through `breastscreen
 train us`, the same as the earlier published run): seeds 0, 1, 2, 3; each seed's single models
 are reported first (`single_models`), the headline is the per-fold average of the four. While
 seeds are still training, the JSON holds the seeds completed so far (`setup.seeds`) beside

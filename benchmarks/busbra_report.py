@@ -20,15 +20,38 @@ def _ci(block: dict, key: str) -> str:
     return f"{block[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def headline(summary: dict) -> list[str]:
+    """The pre-registered headline figures of a registered protocol (v3 on), single model first."""
+    proto, single, ens = summary["protocol"], summary["single_model"], summary["ensemble"]
+    lvn = summary["lesion_vs_normal"]
+    ens_text = "n/a" if ens["pooled_auroc"] is None else f"{ens['pooled_auroc']:.3f}"
+    lo, hi = single["pooled_auroc_ci95"]
+    return [
+        f"Headline figures of protocol {proto['name']} (registered {proto.get('registered_at', '?')}), against the "
+        "issue's goals:", "",
+        "| figure | result | goal |", "|---|---|---|",
+        f"| pooled malignant AUROC, single model per fold | {single['pooled_auroc']:.3f} [{lo:.3f}, {hi:.3f}] | >= 0.90 |",
+        f"| same, ensemble | {ens_text}" + (f" ({ens['reason']})" if ens.get("reason") else "") + " | >= 0.92 |",
+        f"| lesion-vs-normal AUROC (derived normals) | {_ci(lvn, 'auroc')} ({lvn['n_positive']} lesion, "
+        f"{lvn['n'] - lvn['n_positive']} normal bags) | >= 0.95 |",
+        f"| pointing game / mean IoU, malignant saliency | {summary['pointing_game']:.3f} / {summary['mean_iou']:.3f} "
+        "| >= 0.60 / >= 0.30 |",
+        f"| lesion pixels kept by the crop, worst image | {100 * summary['crop_min_lesion_fraction']:.1f} % | 100 % |",
+    ]
+
+
 def render(summary: dict) -> str:
     """The markdown block for ``summary`` (the CV JSON)."""
     setup = summary["setup"]
     seeds = setup["seeds"]
     pooled = summary["pooled"]
-    lines = [f"Results (`benchmarks/results/busbra_cv.json`; {setup['n_breasts']:,} breasts, {setup['n_images']:,} "
-             "images, 95 % patient-level bootstrap CIs, 1,000 resamples; CPU; every model trained by "
-             "`breastscreen train us`):", "",
-             "| | malignant AUROC | malignant AUPRC |", "|---|---|---|"]
+    lines = []
+    if isinstance(summary.get("protocol"), dict):
+        lines += headline(summary) + [""]
+    lines += [f"Results (`benchmarks/results/busbra_cv.json`; {setup['n_breasts']:,} breasts, {setup['n_images']:,} "
+              "images, 95 % patient-level bootstrap CIs, 1,000 resamples; CPU; every model trained by "
+              "`breastscreen train us`):", "",
+              "| | malignant AUROC | malignant AUPRC |", "|---|---|---|"]
     for seed in seeds:
         m = summary["single_models"][f"seed{seed}"]["pooled_malignant"]
         lines.append(f"| single model per fold (seed {seed}), pooled held-out | {_ci(m, 'auroc')} | {_ci(m, 'auprc')} |")

@@ -75,7 +75,7 @@ def test_v2_defaults_are_the_committed_protocol(cv, tmp_path, monkeypatch):
     monkeypatch.setattr(cv, "run_busbra_cv", lambda data, work, overrides, **kw: seen.append((overrides, kw))
                         or _fake_summary())
     cv.main(["--data", "d", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o.json"), "--threads", "1"])
-    committed = json.loads((Path(__file__).resolve().parents[2] / "benchmarks/results/busbra_cv.json").read_text())
+    committed = json.loads((Path(__file__).resolve().parents[2] / "benchmarks/results/busbra_cv_v2.json").read_text())
     # the committed run's options (its cache path is added by the runner), plus the preparation the
     # script pins for the seeds still to come (the legacy default then)
     assert seen[0][0] == committed["setup"]["overrides"][:-1] + ["recipe.remove_annotations=false", "recipe.crop=v1"]
