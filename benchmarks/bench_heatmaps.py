@@ -58,6 +58,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "onnxruntime-fp32": {"backend": "onnxruntime", "skip": True, "batch": 16, "allocator": True},
     "openvino-fp32": {"backend": "openvino", "skip": True, "batch": 16, "allocator": True},
     "openvino-bf16": {"backend": "openvino", "skip": True, "batch": 16, "allocator": True, "precision": "bf16"},
+    "openvino-int8": {"backend": "openvino", "skip": True, "batch": 16, "allocator": True, "precision": "int8"},
+    "onnxruntime-int8": {"backend": "onnxruntime", "skip": True, "batch": 16, "allocator": True, "precision": "int8"},
     "fullconv-fp32": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True},
     "fullconv-bf16": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True, "precision": "bf16"},
     "fullconv-bf16-refine10": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,17 @@ def test_heatmaps_cli_resume_and_predict_exit_codes(tmp_path: Path) -> None:
     res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "hm"), "--resume",
                               "--mode", "fullconv"])
     assert res.exit_code == 0 and "8 computed, 0 reused" in res.output, res.output
+    if importlib.util.find_spec("onnxruntime") is not None:
+        res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "hm"),
+                                  "--resume", "--backend", "onnxruntime", "--precision", "int8"])
+        assert res.exit_code == 0 and "8 computed, 0 reused" in res.output, res.output
+        from breastscreen.data.heatmaps import read_heatmap_file
+
+        _, meta = read_heatmap_file(sorted((tmp_path / "hm").glob("*.npz"))[0])
+        assert (meta["backend"], meta["precision"]) == ("onnxruntime", "int8"), meta
     for bad_opts, words in ((["--backend", "tensorrt"], "--backend must be one of"),
-                            (["--backend", "onnxruntime", "--precision", "bf16"], "runs fp32 only")):
+                            (["--backend", "onnxruntime", "--precision", "bf16"], "runs fp32 or int8"),
+                            (["--precision", "int8"], "int8 runs on --backend openvino or onnxruntime")):
         res = runner.invoke(app, ["heatmaps", manifest, "--model", str(patch), "--out", str(tmp_path / "x"), *bad_opts])
         # (main() turns BreastscreenError into its one line and exit status 2)
         assert type(res.exception).__name__ == "BreastscreenError" and words in str(res.exception), res.output

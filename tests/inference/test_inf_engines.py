@@ -82,6 +82,49 @@ def test_bf16_close_to_exact(backend: str, monkeypatch: pytest.MonkeyPatch) -> N
     assert 0.0 < diff <= 0.02
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_close_to_exact_and_deterministic(backend: str) -> None:
+    if not _has(backend):
+        pytest.skip(f"{backend} not installed")
+    model = _model()
+    exact = _heatmap(model)
+    fast = _heatmap(model, backend=backend, precision="int8")
+    diff = np.abs(fast - exact).max()
+    # int8 with phantom calibration: further from fp32 than bf16, but a usable heatmap
+    assert 0.0 < diff <= 0.03
+    assert np.corrcoef(fast.ravel(), exact.ravel())[0, 1] > 0.98
+    # the default calibration is fixed, so a second engine gives the same maps bit for bit
+    np.testing.assert_array_equal(_heatmap(model, backend=backend, precision="int8"), fast)
+
+
+def test_int8_engine_describes_its_calibration_and_checks_windows() -> None:
+    if not _has("onnxruntime"):
+        pytest.skip("onnxruntime not installed")
+    model = _model()
+    windows = torch.randn(8, 1, PATCH, PATCH)
+    engine = build_engine(model, in_channels=1, patch=PATCH, backend="onnxruntime", precision="int8",
+                          calibration=windows)
+    info = engine.describe()
+    assert (info["precision"], info["calibration"]["windows"], info["calibration"]["source"]) == (
+        "int8", 8, "caller's windows")
+    x = torch.randn(3, 1, PATCH, PATCH)
+    ref = torch.softmax(model(x)["logits"], 1)
+    assert torch.softmax(engine(x), 1).sub(ref).abs().max() < 0.05
+    with pytest.raises(BreastscreenError, match=r"calibration windows must be \[N, 1 or 3, 32, 32\]"):
+        build_engine(model, in_channels=3, patch=PATCH, backend="onnxruntime", precision="int8",
+                     calibration=torch.zeros(4, 2, PATCH, PATCH))
+
+
+def test_synthetic_calibration_windows_are_fixed_tissue_windows() -> None:
+    a = engines.synthetic_calibration_windows(PATCH, 12)
+    assert a.shape == (12, 1, PATCH, PATCH) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, engines.synthetic_calibration_windows(PATCH, 12))
+    assert not np.array_equal(a, engines.synthetic_calibration_windows(PATCH, 12, seed=1))
+    # standardised like heatmap inputs: tissue windows sit above the background value
+    background = a.min()
+    assert (a > background).mean(axis=(1, 2, 3)).min() >= 0.5
+
+
 def test_bf16_falls_back_without_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
     engine = build_engine(_model(), in_channels=1, patch=PATCH, precision="bf16")
@@ -103,8 +146,12 @@ def test_skip_background_same_inside_breast_with_fast_engine() -> None:
 def test_bad_engine_options_are_one_line_errors() -> None:
     with pytest.raises(BreastscreenError, match="--backend must be one of"):
         check_engine_options("tensorrt", "fp32")
-    with pytest.raises(BreastscreenError, match="onnxruntime runs fp32 only"):
+    with pytest.raises(BreastscreenError, match="onnxruntime runs fp32 or int8"):
         check_engine_options("onnxruntime", "bf16")
+    with pytest.raises(BreastscreenError, match="int8 runs on --backend openvino or onnxruntime"):
+        check_engine_options("torch", "int8")
+    with pytest.raises(BreastscreenError, match="int8 is for exact mode"):
+        check_engine_options("torch", "int8", "fullconv")
     with pytest.raises(BreastscreenError, match="fullconv runs the torch backend"):
         check_engine_options("openvino", "fp32", "fullconv")
     with pytest.raises(BreastscreenError, match="--precision must be one of"):

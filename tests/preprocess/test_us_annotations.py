@@ -37,9 +37,10 @@ def test_marks_inside_the_field_of_view_are_found_and_removed() -> None:
                 hit += int((res.marks & (labels == k)).any())
         removed += int((res.inpainted & truth).sum())
         n_pixels += int(truth.sum())
-    assert total == 55
-    assert hit / total >= 0.85  # measured 0.91 (50 of 55)
-    assert removed / n_pixels >= 0.7  # measured 0.76
+    # glyph components as OpenCV 5.1 (pinned in the Makefile) draws them; 5.0 drew 55 (50 found)
+    assert total == 59
+    assert hit / total >= 0.85  # measured 0.90 (53 of 59)
+    assert removed / n_pixels >= 0.7  # measured 0.755
 
 
 def test_no_detection_on_clean_speckle() -> None:
@@ -71,14 +72,15 @@ def test_colour_marks_are_a_cue_and_doppler_blobs_are_not_marks() -> None:
     rng = np.random.default_rng(3)
     grey = rng.gamma(2.0, 30.0, (240, 320)).clip(0, 255).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    cv2.putText(rgb, "L 3CM", (60, 120), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (90, 200, 200), 1)  # dim cyan text
+    # dim cyan text, about as bright as the speckle in grey (the grey detector cannot see it)
+    cv2.putText(rgb, "L 3CM", (60, 120), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (40, 140, 140), 1)
     cv2.circle(rgb, (240, 60), 25, (200, 30, 30), -1)  # a red Doppler-like patch
-    text = np.all(rgb == (90, 200, 200), axis=2)  # the glyphs' full-colour pixels (edges are blended)
+    text = np.all(rgb == (40, 140, 140), axis=2)  # the glyphs' full-colour pixels (edges are blended)
     g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     marks, n = detect_annotations(g, rgb)
     assert n >= 2 and (marks & text).sum() >= 0.95 * text.sum()
     grey_only, _ = detect_annotations(g)
-    assert (grey_only & text).sum() < 0.5 * text.sum()  # without colour the dim text is mostly missed
+    assert (grey_only & text).sum() < 0.5 * text.sum()  # without colour the dim text is missed
     assert not marks[30:90, 210:270].any()
 
 

@@ -65,8 +65,10 @@ def heatmaps_command(
     ),
     backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or openvino (the last two: pip install "
                                 "'breastscreen\\[fast]'; each checked against torch fp32 in the tests)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) or bf16 (about 1e-3 from fp32 with trained "
-                                  "weights; only where the CPU has native bf16, else fp32 with a note)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (exact), bf16 (about 1e-3 from fp32 with trained "
+                                  "weights; only where the CPU has native bf16, else fp32 with a note) or int8 "
+                                  "(--backend openvino|onnxruntime; post-training quantised, calibrated on a fixed "
+                                  "synthetic phantom; about 1e-2 from fp32, see docs/inference.md)."),
     mode: str = typer.Option("exact", "--mode", help="exact (every window on its own pixels) or fullconv (a fast "
                              "preview: the trunk once over the image; see docs/inference.md)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="fullconv: run the trunk in bands of this many rows "

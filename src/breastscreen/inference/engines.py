@@ -15,6 +15,14 @@ PyTorch model; what differs is how the arithmetic is scheduled and in which prec
   emulated bf16 is slower than fp32.
 * ``onnxruntime`` (fp32) and ``openvino`` (fp32/bf16) compile the graph ahead of time (export
   takes seconds, once per engine); they need ``pip install 'breastscreen[fast]'``.
+* ``int8`` (``onnxruntime`` or ``openvino``) is post-training static quantisation: the exported
+  graph gets QuantizeLinear/DequantizeLinear pairs (ONNX Runtime's ``quantize_static``: weights
+  int8 per output channel, activations uint8 per tensor, ranges from calibration windows), which
+  both runtimes execute with int8 dot products (VNNI where the CPU has it). The calibration
+  windows are the caller's (``calibration=``) or, by default, tissue windows of one synthetic
+  phantom rendered at the patch's scale with a fixed seed, so that the same checkpoint always
+  gives the same int8 engine (:func:`synthetic_calibration_windows`). Agreement with fp32 is
+  looser than bf16 (measured in ``benchmarks/bench_heatmaps.py`` with trained weights).
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ log = logging.getLogger(__name__)
 CPU_BATCH_SIZE = 16  # patches per call on CPU: the fastest measured (benchmarks/bench_heatmaps.py)
 GPU_BATCH_SIZE = 256
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+CALIBRATION_WINDOWS = 64  # default number of calibration windows for int8 (the phantom's tissue windows)
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,9 +136,14 @@ def check_engine_options(backend: str, precision: str, mode: str = "exact") -> N
         raise BreastscreenError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision not in PRECISIONS:
         raise BreastscreenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if backend == "onnxruntime" and precision != "fp32":
-        raise BreastscreenError("--backend onnxruntime runs fp32 only (its CPU kernels have no bf16 convolutions); "
+    if backend == "onnxruntime" and precision == "bf16":
+        raise BreastscreenError("--backend onnxruntime runs fp32 or int8 (its CPU kernels have no bf16 convolutions); "
                                 "use --backend openvino or torch for bf16")
+    if precision == "int8" and mode == "fullconv":
+        raise BreastscreenError("--mode fullconv runs fp32 or bf16; --precision int8 is for exact mode")
+    if precision == "int8" and backend == "torch":
+        raise BreastscreenError("--precision int8 runs on --backend openvino or onnxruntime (post-training "
+                                "quantised graph); the torch backend runs fp32 or bf16")
 
 
 def tune_allocator() -> bool:
@@ -169,11 +183,14 @@ def build_engine(
     channels_last: bool = False,
     threads: int | None = None,
     cuda_fp16: bool = False,
+    calibration: np.ndarray | torch.Tensor | None = None,
 ) -> PatchEngine:
     """Build the engine that runs ``model`` (in eval mode) on batches of ``patch``-pixel windows.
 
     ``threads`` (default: ``torch.get_num_threads()``) bounds the compiled backends' thread pools.
     ``cuda_fp16`` keeps the historical CUDA default (fp16 autocast) when ``precision`` is fp32.
+    ``calibration`` ([N, 1 or C, patch, patch] windows prepared as the heatmapper prepares them)
+    sets the int8 activation ranges; default :func:`synthetic_calibration_windows`.
     """
     check_engine_options(backend, precision)
     device = torch.device(device)
@@ -195,6 +212,22 @@ def build_engine(
         return PatchEngine("torch", "fp16" if dtype is torch.float16 else precision, channels_last, run, note,
                            module=wrapped.model)
     example = torch.zeros(2, in_channels, patch, patch)
+    if precision == "int8":
+        source = "caller's windows"
+        if calibration is None:
+            calibration = synthetic_calibration_windows(patch)
+            source = f"tissue windows of a synthetic phantom (seed 0, scale {patch / 256:g})"
+        calib = torch.as_tensor(np.asarray(calibration, dtype=np.float32))
+        if calib.ndim != 4 or calib.shape[-2:] != (patch, patch) or calib.shape[1] not in (1, in_channels):
+            raise BreastscreenError(f"int8 calibration windows must be [N, 1 or {in_channels}, {patch}, {patch}], "
+                                    f"got {list(calib.shape)}")
+        calib = calib.expand(-1, in_channels, -1, -1).contiguous()
+        onnx_bytes = _quantized_onnx(wrapped, example, calib, threads)
+        details = {"calibration": {"windows": int(calib.shape[0]), "source": source, "method": "minmax",
+                                   "weights": "int8 per channel", "activations": "uint8 per tensor"}}
+        if backend == "onnxruntime":
+            return PatchEngine("onnxruntime", "int8", False, _onnxruntime_session(onnx_bytes, threads), note, details)
+        return PatchEngine("openvino", "int8", False, _openvino_onnx(onnx_bytes, threads), note, details)
     if backend == "onnxruntime":
         return PatchEngine("onnxruntime", precision, False, _onnxruntime_runner(wrapped, example, threads), note)
     return PatchEngine("openvino", precision, False, _openvino_runner(wrapped, example, precision, threads), note)
@@ -223,19 +256,27 @@ def _import(name: str) -> Any:
         raise BreastscreenError(f"--backend {name} needs the {name} package: pip install 'breastscreen[fast]'") from None
 
 
-def _onnxruntime_runner(wrapped: nn.Module, example: torch.Tensor, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    ort = _import("onnxruntime")
+def _export_onnx(wrapped: nn.Module, example: torch.Tensor) -> Any:
+    """The model as an ONNX ``ModelProto`` with a dynamic batch dimension."""
     _import("onnxscript")  # the exporter's dependency: one clear line rather than a deep ImportError
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(wrapped, (example,), dynamo=True, verbose=False,
                                     dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    return program.model_proto
+
+
+def _onnxruntime_runner(wrapped: nn.Module, example: torch.Tensor, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return _onnxruntime_session(_export_onnx(wrapped, example).SerializeToString(), threads)
+
+
+def _onnxruntime_session(onnx_bytes: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    ort = _import("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(program.model_proto.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -264,3 +305,103 @@ def _openvino_runner(wrapped: nn.Module, example: torch.Tensor, precision: str,
         return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
 
     return run
+
+
+def _openvino_onnx(onnx_bytes: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """OpenVINO running an ONNX graph (a quantised one runs its QDQ pairs as int8 kernels)."""
+    ov = _import("openvino")
+    core = ov.Core()
+    ov_model = core.read_model(onnx_bytes)  # bytes: nothing is written to disk
+    ov_model.reshape({0: ov.PartialShape([-1, *ov_model.input(0).get_partial_shape()[1:]])})
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(ov_model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        request.infer({0: arr})
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+
+    return run
+
+
+def _quantized_onnx(wrapped: nn.Module, example: torch.Tensor, calibration: torch.Tensor, threads: int) -> bytes:
+    """Post-training static int8 quantisation (QDQ format) of the exported graph, as ONNX bytes.
+
+    ONNX Runtime's quantiser works on files, so the graphs pass through a private temporary
+    folder that is removed afterwards; nothing is left on disk.
+    """
+    import tempfile
+    from pathlib import Path
+
+    _import("onnxruntime")
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    proto = _export_onnx(wrapped, example)
+    name = proto.graph.input[0].name
+    batches = [calibration[i:i + CPU_BATCH_SIZE].numpy() for i in range(0, len(calibration), CPU_BATCH_SIZE)]
+
+    class _Windows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {name: batch}
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="breastscreen-int8-") as tmp:
+        src, pre, dst = (Path(tmp) / f for f in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(proto, str(src))
+        root = logging.getLogger()
+        level = root.level
+        # the quantiser logs one root-logger warning per batch-norm weight it leaves in float
+        root.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # shape inference + graph optimisation first, as ONNX Runtime recommends before quantising
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                quantize_static(str(pre), str(dst), _Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax,
+                                calibration_providers=["CPUExecutionProvider"])
+        finally:
+            root.setLevel(level)
+        return dst.read_bytes()
+
+
+@functools.lru_cache(maxsize=4)
+def _phantom_windows(patch: int, n: int, seed: int) -> np.ndarray:
+    from breastscreen.inference.heatmaps import prepare_image
+    from breastscreen.inference.strides import window_offsets
+    from breastscreen.synthetic._mammo_phantom import draw_exam
+    from breastscreen.synthetic._mammo_render import render_view
+
+    scale = min(max(patch / 256.0, 0.02), 1.0)
+    phantom = draw_exam(seed, 0, prevalence=1.0, benign_prevalence=1.0)
+    pixels = render_view(phantom, "L-CC", scale).pixels.astype(np.float32)
+    image = prepare_image(pixels, patch)
+    tissue = np.pad(pixels > 0, ((0, image.shape[0] - pixels.shape[0]), (0, image.shape[1] - pixels.shape[1])))
+    stride = max(patch // 4, 1)
+    corners = [(r, c) for r in window_offsets(image.shape[0], patch, stride)
+               for c in window_offsets(image.shape[1], patch, stride)
+               if tissue[r:r + patch, c:c + patch].mean() >= 0.5]
+    if not corners:
+        raise BreastscreenError(f"no tissue windows of {patch} px in the calibration phantom")
+    pick = np.random.default_rng(seed).permutation(len(corners))[:n]
+    windows = np.stack([image[r:r + patch, c:c + patch] for r, c in (corners[i] for i in sorted(pick))])
+    return windows[:, None].astype(np.float32)
+
+
+def synthetic_calibration_windows(patch: int, n: int = CALIBRATION_WINDOWS, seed: int = 0) -> np.ndarray:
+    """``n`` windows [n, 1, patch, patch] with at least half tissue from one synthetic phantom.
+
+    The phantom (L-CC of exam 0 of cohort ``seed``, with a malignant and a benign finding) is
+    rendered at the scale where ``patch`` is the 256-px window at full resolution and
+    standardised like every heatmap input; the same arguments always give the same windows.
+    """
+    return _phantom_windows(int(patch), int(n), int(seed)).copy()
