@@ -64,12 +64,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fullconv-bf16": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True, "precision": "bf16"},
     "fullconv-bf16-refine10": {"mode": "fullconv", "channels_last": True, "skip": True, "allocator": True,
                                "precision": "bf16", "refine": 0.1, "batch": 16},
+    "fullconv-openvino-bf16": {"mode": "fullconv", "backend": "openvino", "skip": True, "allocator": True,
+                               "precision": "bf16"},
+    "fullconv-openvino-int8": {"mode": "fullconv", "backend": "openvino", "skip": True, "allocator": True,
+                               "precision": "int8"},
+    "fullconv-openvino-bf16-refine10": {"mode": "fullconv", "backend": "openvino", "skip": True, "allocator": True,
+                                        "precision": "bf16", "refine": 0.1, "batch": 16},
+    "fullconv-openvino-int8-refine10": {"mode": "fullconv", "backend": "openvino", "skip": True, "allocator": True,
+                                        "precision": "int8", "refine": 0.1, "batch": 16},
 }
 # Whole exam (4 views, 10 TTA) through the Predictor: full-size NYU view-wise image+heatmaps model
 # (random weights: time does not depend on them) with on-the-fly heatmaps of the trained patch model.
 EXAM_VARIANTS: dict[str, dict[str, Any]] = {
     "exam-default": {},
     "exam-openvino-bf16": {"backend": "openvino", "precision": "bf16"},
+    "exam-openvino-int8": {"backend": "openvino", "precision": "int8"},
 }
 TRAIN = ["model=densenet121-patch", "recipe.composition={malignant: 48, benign: 48, outside: 48, negative: 48}",
          "epochs=3", "batch_size=16", "lr=1e-3", "monitor=train_loss", "monitor_mode=min", "seed=0",
@@ -405,6 +414,24 @@ def summarise(raw: list[dict[str, Any]], images: dict[str, Path], work: Path, pe
     }
 
 
+def int8_goal(r: dict[str, Any]) -> dict[str, Any]:
+    """The int8 row of the goal table: the fastest exact-mode int8 variant, met only within max |dp| <= 0.01."""
+    table = r["images"][r["image"]]["variants"]
+    int8 = {v: t for v, t in table.items() if "int8" in v and not v.startswith("fullconv")}
+    shared = ("exact shared computation between overlapping windows is not possible for a network with zero "
+              "padding at window borders (the fully-convolutional preview shares it approximately)")
+    if not int8:
+        return {"goal": 20, "measured": None, "met": False, "limit": f"no int8 variant was run; {shared}"}
+    best = max(int8, key=lambda v: int8[v]["ratio_vs_reference"])
+    t = int8[best]
+    floor = r["compute_floor"]
+    return {"goal": 20, "variant": best, "measured": t["ratio_vs_reference"], "max_abs_diff": t["max_abs_diff"],
+            "met": t["ratio_vs_reference"] >= 20 and t["max_abs_diff"] <= 0.01,
+            "limit": f"int8 halves the bf16 time at best (VNNI: twice the bf16 multiply rate), so about "
+                     f"{2 * floor['bf16_floor_ratio_vs_reference']:.0f}x at the floor; batch-norm layers before "
+                     f"each ReLU stay in float and quantisation moves probabilities by the max_abs_diff above; {shared}"}
+
+
 def goals(r: dict[str, Any]) -> dict[str, Any]:
     """The issue's goal table against what this run measured, with what limits each missed goal."""
     floor = r["compute_floor"]
@@ -417,11 +444,7 @@ def goals(r: dict[str, Any]) -> dict[str, Any]:
             "limit": f"bf16 matmul peak {r['matmul_peak']['bf16_tflops']} TFLOP/s on {r['threads']} threads: "
                      f"{floor['tissue_windows']} tissue windows x {floor['macs_per_window'] / 1e9:.2f} GMAC need "
                      f">= {floor['bf16_floor_seconds']} s, i.e. at most {floor['bf16_floor_ratio_vs_reference']}x"},
-        "int8_or_shared_computation_ratio": {
-            "goal": 20, "measured": None, "met": False,
-            "limit": "not built: int8 needs post-training quantisation with calibration data, and the issue's own "
-                     "prototype measured max |dp| 1.2e-2 (> 0.01) with trained weights; exact shared computation "
-                     "between overlapping windows is not possible for a network with zero padding at window borders"},
+        "int8_or_shared_computation_ratio": int8_goal(r),
         "fully_conv_ratio": {"goal": 50, "measured": full.get("ratio_vs_reference"),
                              "met": bool(full) and full["ratio_vs_reference"] >= 50},
         "fully_conv_pearson_r_inside_breast": {

@@ -15,10 +15,11 @@ PyTorch model; what differs is how the arithmetic is scheduled and in which prec
   emulated bf16 is slower than fp32.
 * ``onnxruntime`` (fp32) and ``openvino`` (fp32/bf16) compile the graph ahead of time (export
   takes seconds, once per engine); they need ``pip install 'breastscreen[fast]'``.
-* ``int8`` (``onnxruntime`` or ``openvino``) is post-training static quantisation: the exported
-  graph gets QuantizeLinear/DequantizeLinear pairs (ONNX Runtime's ``quantize_static``: weights
-  int8 per output channel, activations uint8 per tensor, ranges from calibration windows), which
-  both runtimes execute with int8 dot products (VNNI where the CPU has it). The calibration
+* ``int8`` is post-training static quantisation with int8 dot products (VNNI where the CPU has
+  it): on ``openvino`` the converted model is quantised by NNCF (``nncf.quantize``; the fast
+  one), on ``onnxruntime`` the exported graph gets QuantizeLinear/DequantizeLinear pairs from
+  ONNX Runtime's ``quantize_static`` (weights int8 per output channel, activations uint8 per
+  tensor; slower, because every DenseNet concatenation is requantised). The calibration
   windows are the caller's (``calibration=``) or, by default, tissue windows of one synthetic
   phantom rendered at the patch's scale with a fixed seed, so that the same checkpoint always
   gives the same int8 engine (:func:`synthetic_calibration_windows`). Agreement with fp32 is
@@ -27,9 +28,11 @@ PyTorch model; what differs is how the arithmetic is scheduled and in which prec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -130,8 +133,8 @@ def check_engine_options(backend: str, precision: str, mode: str = "exact") -> N
     """Refuse an unknown backend/precision/mode combination with one line naming the choices."""
     if mode not in ("exact", "fullconv"):
         raise BreastscreenError(f"--mode must be exact or fullconv, got {mode!r}")
-    if mode == "fullconv" and backend != "torch":
-        raise BreastscreenError("--mode fullconv runs the torch backend (its input size changes per image)")
+    if mode == "fullconv" and backend == "onnxruntime":
+        raise BreastscreenError("--mode fullconv runs the torch or openvino backend (its input size changes per image)")
     if backend not in BACKENDS:
         raise BreastscreenError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision not in PRECISIONS:
@@ -139,8 +142,6 @@ def check_engine_options(backend: str, precision: str, mode: str = "exact") -> N
     if backend == "onnxruntime" and precision == "bf16":
         raise BreastscreenError("--backend onnxruntime runs fp32 or int8 (its CPU kernels have no bf16 convolutions); "
                                 "use --backend openvino or torch for bf16")
-    if precision == "int8" and mode == "fullconv":
-        raise BreastscreenError("--mode fullconv runs fp32 or bf16; --precision int8 is for exact mode")
     if precision == "int8" and backend == "torch":
         raise BreastscreenError("--precision int8 runs on --backend openvino or onnxruntime (post-training "
                                 "quantised graph); the torch backend runs fp32 or bf16")
@@ -222,12 +223,14 @@ def build_engine(
             raise BreastscreenError(f"int8 calibration windows must be [N, 1 or {in_channels}, {patch}, {patch}], "
                                     f"got {list(calib.shape)}")
         calib = calib.expand(-1, in_channels, -1, -1).contiguous()
-        onnx_bytes = _quantized_onnx(wrapped, example, calib, threads)
-        details = {"calibration": {"windows": int(calib.shape[0]), "source": source, "method": "minmax",
-                                   "weights": "int8 per channel", "activations": "uint8 per tensor"}}
+        details = {"calibration": {"windows": int(calib.shape[0]), "source": source}}
         if backend == "onnxruntime":
-            return PatchEngine("onnxruntime", "int8", False, _onnxruntime_session(onnx_bytes, threads), note, details)
-        return PatchEngine("openvino", "int8", False, _openvino_onnx(onnx_bytes, threads), note, details)
+            details["calibration"]["method"] = ("onnxruntime quantize_static, QDQ: min-max, weights int8 per "
+                                                "channel, activations uint8 per tensor")
+            run = _onnxruntime_session(_quantized_onnx(wrapped, example, calib, threads), threads)
+            return PatchEngine("onnxruntime", "int8", False, run, note, details)
+        details["calibration"]["method"] = "nncf.quantize: min-max, fast bias correction, concatenations share scales"
+        return PatchEngine("openvino", "int8", False, _openvino_int8(wrapped, example, calib, threads), note, details)
     if backend == "onnxruntime":
         return PatchEngine("onnxruntime", precision, False, _onnxruntime_runner(wrapped, example, threads), note)
     return PatchEngine("openvino", precision, False, _openvino_runner(wrapped, example, precision, threads), note)
@@ -307,14 +310,29 @@ def _openvino_runner(wrapped: nn.Module, example: torch.Tensor, precision: str,
     return run
 
 
-def _openvino_onnx(onnx_bytes: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """OpenVINO running an ONNX graph (a quantised one runs its QDQ pairs as int8 kernels)."""
+def _openvino_int8(wrapped: nn.Module, example: torch.Tensor, calibration: torch.Tensor,
+                   threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """OpenVINO int8: the converted model quantised by NNCF (min-max ranges, fast bias correction).
+
+    NNCF gives the concatenations of a DenseNet one shared scale, so that the int8 tensors pass
+    through them unchanged; a generic QDQ graph requantises every concatenation and ran no faster
+    than bf16 here. Layers NNCF leaves in float run in bf16 where the CPU has it.
+    """
     ov = _import("openvino")
-    core = ov.Core()
-    ov_model = core.read_model(onnx_bytes)  # bytes: nothing is written to disk
-    ov_model.reshape({0: ov.PartialShape([-1, *ov_model.input(0).get_partial_shape()[1:]])})
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = core.compile_model(ov_model, "CPU", config)
+    nncf = _import("nncf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ov_model = ov.convert_model(wrapped, example_input=example,
+                                    input=[ov.PartialShape([-1, *example.shape[1:]])])
+    samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
+    nncf.set_log_level(logging.ERROR)
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if cpu_has_native_bf16() else "f32",
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(quantized, "CPU", config)
     request = compiled.create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -405,3 +423,61 @@ def synthetic_calibration_windows(patch: int, n: int = CALIBRATION_WINDOWS, seed
     standardised like every heatmap input; the same arguments always give the same windows.
     """
     return _phantom_windows(int(patch), int(n), int(seed)).copy()
+
+
+class _Trunk(nn.Module):
+    """The patch model's ``forward_features`` as a module (what the fully-convolutional preview runs)."""
+
+    def __init__(self, model: nn.Module, in_channels: int) -> None:
+        super().__init__()
+        self.model = model
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map [N, C', h/s, w/s] of an image batch [N, C, h, w]."""
+        if x.shape[1] != self.in_channels:
+            x = x.expand(-1, self.in_channels, -1, -1)
+        return self.model.forward_features(x)
+
+
+def build_trunk(model: nn.Module, *, in_channels: int, patch: int, backend: str = "openvino",
+                precision: str = "fp32", threads: int | None = None,
+                calibration: np.ndarray | torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """OpenVINO engine for the trunk over a whole image: ``trunk(x [1, C, H, W]) -> features [C', H', W']``.
+
+    Compiled for any image size (dynamic height and width). ``bf16`` multiplies in bfloat16 where
+    the CPU has it (fp32 elsewhere); ``int8`` is quantised by NNCF on the same calibration windows
+    as the window engine (:func:`build_engine`), so the two agree in their activation ranges.
+    """
+    if backend != "openvino":
+        raise BreastscreenError(f"a compiled fully-convolutional trunk runs on openvino, not {backend!r}")
+    ov = _import("openvino")
+    threads = int(threads or torch.get_num_threads())
+    wrapped = _Trunk(model.eval(), in_channels)
+    example = torch.zeros(1, in_channels, patch, patch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ov_model = ov.convert_model(wrapped, example_input=example,
+                                    input=[ov.PartialShape([1, in_channels, -1, -1])])
+    if precision == "int8":
+        nncf = _import("nncf")
+        calib = calibration if calibration is not None else synthetic_calibration_windows(patch)
+        calib = np.asarray(calib, dtype=np.float32)
+        samples = [np.ascontiguousarray(np.broadcast_to(calib[i:i + 1], (1, in_channels, patch, patch)))
+                   for i in range(len(calib))]
+        nncf.set_log_level(logging.ERROR)
+        with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ov_model = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+    hint = "bf16" if precision in ("bf16", "int8") and cpu_has_native_bf16() else "f32"
+    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        request.infer({0: arr})
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))[0]
+
+    return run

@@ -23,6 +23,7 @@ inside the breast with trained weights are in ``benchmarks/results/heatmaps_spee
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -51,21 +52,26 @@ def coverage_weights(offsets: np.ndarray, patch: int, n_cells: int, cell: float)
 
 
 def trunk_features(model: nn.Module, image: torch.Tensor, in_channels: int, tile: int | None = None,
-                   margin: int = 256, precision: str = "fp32", channels_last: bool = False) -> tuple[torch.Tensor, float]:
+                   margin: int = 256, precision: str = "fp32", channels_last: bool = False,
+                   trunk: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, float]:
     """Trunk feature map [C, Hf, Wf] of one image [1, H, W] and its stride in pixels.
 
     With ``tile`` (pixels, rounded to the stride) the image is cut into horizontal bands of that
     height, each run with ``margin`` extra rows of context above and below; the bands' own
-    feature rows are stitched, so peak memory follows the band, not the image.
+    feature rows are stitched, so peak memory follows the band, not the image. ``trunk`` (a
+    compiled engine from :func:`~breastscreen.inference.engines.build_trunk`, taking the
+    single-channel image) replaces ``model.forward_features``.
     """
     x = image[None]
-    if x.shape[1] != in_channels:
+    if trunk is None and x.shape[1] != in_channels:
         x = x.expand(-1, in_channels, -1, -1)
-    if channels_last:
+    if channels_last and trunk is None:
         x = x.contiguous(memory_format=torch.channels_last)
     height = x.shape[-2]
 
     def forward(part: torch.Tensor) -> torch.Tensor:
+        if trunk is not None:
+            return trunk(part).float()
         with torch.autocast(device_type=part.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             return model.forward_features(part).float()[0]
 
@@ -90,10 +96,15 @@ def trunk_features(model: nn.Module, image: torch.Tensor, in_channels: int, tile
 
 def fullconv_logits(model: nn.Module, image: torch.Tensor, row_off: np.ndarray, col_off: np.ndarray, patch: int,
                     in_channels: int, tile: int | None = None, precision: str = "fp32",
-                    channels_last: bool = False) -> torch.Tensor:
-    """Logits [n_rows, n_cols, K] of every window of the grid ``row_off`` × ``col_off`` (see module doc)."""
+                    channels_last: bool = False,
+                    trunk: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits [n_rows, n_cols, K] of every window of the grid ``row_off`` × ``col_off`` (see module doc).
+
+    The head runs in PyTorch fp32 on the pooled features whichever engine ran the trunk.
+    """
     needs_trunk(model)
-    feats, stride = trunk_features(model, image, in_channels, tile, precision=precision, channels_last=channels_last)
+    feats, stride = trunk_features(model, image, in_channels, tile, precision=precision, channels_last=channels_last,
+                                   trunk=trunk)
     a = torch.from_numpy(coverage_weights(row_off, patch, feats.shape[1], stride))
     b = torch.from_numpy(coverage_weights(col_off, patch, feats.shape[2], stride))
     with torch.inference_mode():

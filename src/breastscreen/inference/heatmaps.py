@@ -225,11 +225,19 @@ class SlidingWindowHeatmapper:
             from breastscreen.inference.fullconv import needs_trunk
 
             needs_trunk(model)
-            if backend != "torch":
-                raise ValueError(f"mode fullconv runs the torch backend (got backend {backend!r})")
+            if backend not in ("torch", "openvino"):
+                raise ValueError(f"mode fullconv runs the torch or openvino backend (got backend {backend!r})")
+        # the window engine: every window in exact mode, the refined windows in fullconv mode (int8:
+        # both this and the trunk below calibrate on the same fixed phantom windows)
         self.engine = build_engine(model, in_channels=self.in_channels, patch=self.patch, backend=backend,
                                    precision=precision, device=self.device, channels_last=channels_last,
                                    cuda_fp16=self.amp)
+        self.trunk = None
+        if mode == "fullconv" and backend != "torch":
+            from breastscreen.inference.engines import build_trunk
+
+            self.trunk = build_trunk(model, in_channels=self.in_channels, patch=self.patch, backend=backend,
+                                     precision=self.engine.precision)
 
     def _run(self, patches: torch.Tensor) -> np.ndarray:
         self.batches_run += 1
@@ -325,7 +333,7 @@ class SlidingWindowHeatmapper:
             p = pending.pop(i)
             image = tensors.pop(i)
             logits = fullconv_logits(module, image, p.row_off, p.col_off, self.patch, self.in_channels,
-                                     self.tile, self.engine.precision, self.engine.channels_last)
+                                     self.tile, self.engine.precision, self.engine.channels_last, trunk=self.trunk)
             self.batches_run += 1
             p.probs[:] = torch.softmax(logits, dim=-1)[..., self.class_index].cpu().numpy()
             if self.refine > 0:
