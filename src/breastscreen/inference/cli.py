@@ -70,7 +70,8 @@ def heatmaps_command(
                                   "(--backend openvino|onnxruntime; post-training quantised, calibrated on a fixed "
                                   "synthetic phantom; about 1e-2 from fp32, see docs/inference.md)."),
     mode: str = typer.Option("exact", "--mode", help="exact (every window on its own pixels) or fullconv (a fast "
-                             "preview: the trunk once over the image; see docs/inference.md)."),
+                             "preview: the trunk once over the image, on --backend torch or openvino; see "
+                             "docs/inference.md)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="fullconv: run the trunk in bands of this many rows "
                                        "(less memory)."),
     refine: float = typer.Option(0.0, "--refine", help="fullconv: then evaluate exactly this fraction of the windows "
