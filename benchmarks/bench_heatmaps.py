@@ -79,6 +79,8 @@ EXAM_VARIANTS: dict[str, dict[str, Any]] = {
     "exam-default": {},
     "exam-openvino-bf16": {"backend": "openvino", "precision": "bf16"},
     "exam-openvino-int8": {"backend": "openvino", "precision": "int8"},
+    # the breast model in bf16 too (Predictor precision="bf16", `predict --model-precision bf16`)
+    "exam-openvino-int8-model-bf16": {"backend": "openvino", "precision": "int8", "model_precision": "bf16"},
 }
 TRAIN = ["model=densenet121-patch", "recipe.composition={malignant: 48, benign: 48, outside: 48, negative: 48}",
          "epochs=3", "batch_size=16", "lr=1e-3", "monitor=train_loss", "monitor_mode=min", "seed=0",
@@ -204,12 +206,14 @@ def exam_worker(args: argparse.Namespace) -> int:
     from breastscreen.inference.engines import EngineOptions, tune_allocator
 
     tune_allocator()
-    opts = EXAM_VARIANTS[args.variant]
+    opts = dict(EXAM_VARIANTS[args.variant])
+    model_precision = opts.pop("model_precision", "fp32")
     engine = EngineOptions(channels_last=True, **opts)
     exam = read_manifest(args.image)[0]
     t0 = time.perf_counter()
     predictor = Predictor.load(str(Path(args.weights).parent.parent / "breast-random.safetensors"), args.device, tta=10,
-                               patch_model=args.weights, patch_batch_size=16, patch_engine=engine)
+                               patch_model=args.weights, patch_batch_size=16, patch_engine=engine,
+                               precision=model_precision)
     setup = time.perf_counter() - t0
     spent = {"heatmaps": 0.0}
     inner = predictor.compute_heatmaps
@@ -414,6 +418,15 @@ def summarise(raw: list[dict[str, Any]], images: dict[str, Path], work: Path, pe
     }
 
 
+def exam_diff(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+    """Largest |difference| of an exam variant's probabilities from ``exam-default``'s."""
+    ref = next((r for r in rows if r["variant"] == "exam-default"), None)
+    if ref is None or "values" not in row:
+        return None
+    keys = [k for k, v in ref["values"].items() if v is not None]
+    return round(max(abs(float(row["values"][k]) - float(ref["values"][k])) for k in keys), 6)
+
+
 def int8_goal(r: dict[str, Any]) -> dict[str, Any]:
     """The int8 row of the goal table: the fastest exact-mode int8 variant, met only within max |dp| <= 0.01."""
     table = r["images"][r["image"]]["variants"]
@@ -481,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exam", action=argparse.BooleanOptionalAction, default=True,
                     help="also time one whole exam (4 views, 10 TTA) through the Predictor")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (reference and exact always run)")
+    ap.add_argument("--images", default=None, help="comma-separated subset of nyu_sample_L-CC,synthetic_L-CC")
     args = ap.parse_args(argv)
     if args.cmd == "worker":
         return worker(args)
@@ -494,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu":
         variants = [v for v in variants if VARIANTS[v].get("backend", "torch") == "torch"]
     images = prepare_images(work, Path(args.shared))
+    if args.images:
+        images = {k: v for k, v in images.items() if k in args.images.split(",")}
     weights = trained_weights(work)
     breast = work / "breast-random.safetensors"
     if not breast.exists():
@@ -536,7 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         result["whole_exam"] = {
             v: {"median_seconds": round(float(np.median([r["seconds"] for r in rows])), 2),
                 "median_heatmap_seconds": round(float(np.median([r["heatmap_seconds"] for r in rows])), 2),
-                "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rows), 1), "rounds": len(rows)}
+                "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rows), 1), "rounds": len(rows),
+                # the exam's four probabilities against the exact default run (same inputs and weights)
+                "max_abs_diff_vs_default": exam_diff(rows[0], exam_rows)}
             for v in EXAM_VARIANTS if (rows := [r for r in exam_rows if r["variant"] == v])}
         result["whole_exam"]["what"] = ("Predictor.predict_exam on one synthetic full-resolution exam (4 views, raw "
                                         "files: preprocessing included), 10 TTA, full-size nyu-viewwise-heatmaps "

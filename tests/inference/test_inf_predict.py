@@ -182,3 +182,53 @@ def test_existing_predictions_refused_and_overwrite_redoes_changed_inputs(cohort
     by_id = {p.exam_id: p.values for p in again.predictions}
     assert by_id[exams[0].exam_id] != first.predictions[0].values
     assert by_id[exams[2].exam_id] == {p.exam_id: p.values for p in first.predictions}[exams[2].exam_id]
+
+
+def test_model_precision_bf16_close_to_fp32_and_recorded(cohort: Path, checkpoints: dict, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from breastscreen.inference import engines
+
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: True)
+    manifest = cohort / "raw" / "manifest.jsonl"
+    exact = predict(manifest, [str(checkpoints["image"])], tmp_path / "f", _opts())
+    fast = predict(manifest, [str(checkpoints["image"])], tmp_path / "b", _opts(model_precision="bf16"))
+    a = np.array([list(p.values.values()) for p in exact.predictions], dtype=float)
+    b = np.array([list(p.values.values()) for p in fast.predictions], dtype=float)
+    # bfloat16 keeps ~3 significant digits: close to, but not equal to, fp32
+    assert 0.0 < np.abs(a - b).max() <= 0.02
+    line = json.loads((tmp_path / "b" / "predictions.jsonl").read_text().splitlines()[0])
+    assert line["provenance"]["precision"] == "bf16"
+    # without native bf16 the run is fp32, bit for bit, and says so
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    fallback = predict(manifest, [str(checkpoints["image"])], tmp_path / "n", _opts(model_precision="bf16"))
+    assert [p.values for p in fallback.predictions] == [p.values for p in exact.predictions]
+    prov = json.loads((tmp_path / "n" / "predictions.jsonl").read_text().splitlines()[0])["provenance"]
+    assert prov["precision"] == "fp32" and "no native bf16" in prov["precision_note"]
+    from breastscreen.errors import BreastscreenError
+
+    with pytest.raises(BreastscreenError, match="--model-precision: .*must be fp32 or bf16"):
+        _opts(model_precision="fp16")
+
+
+def test_heatmap_engine_options_reach_on_the_fly_heatmaps(cohort: Path, checkpoints: dict, tmp_path: Path) -> None:
+    import importlib.util
+
+    from breastscreen.data.heatmaps import read_heatmap_file
+    from breastscreen.errors import BreastscreenError
+
+    manifest = cohort / "raw" / "manifest.jsonl"
+    with pytest.raises(BreastscreenError, match="int8 runs on --backend openvino or onnxruntime"):
+        predict(manifest, [str(checkpoints["heat"])], tmp_path / "x",
+                _opts(patch_model=str(checkpoints["patch"]), heatmap_precision="int8"))
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime not installed")
+    exact = predict(manifest, [str(checkpoints["heat"])], tmp_path / "e", _opts(patch_model=str(checkpoints["patch"])))
+    fast = predict(manifest, [str(checkpoints["heat"])], tmp_path / "o",
+                   _opts(patch_model=str(checkpoints["patch"]), heatmap_backend="onnxruntime"))
+    _, meta = read_heatmap_file(sorted((tmp_path / "o" / "heatmaps").glob("*.npz"))[0])
+    assert (meta["backend"], meta["precision"], meta["skip_background"]) == ("onnxruntime", "fp32", True)
+    a = np.array([list(p.values.values()) for p in exact.predictions], dtype=float)
+    b = np.array([list(p.values.values()) for p in fast.predictions], dtype=float)
+    assert np.abs(a - b).max() <= 1e-3  # ONNX Runtime fp32 heatmaps: the same up to float16 file rounding
+    prov = json.loads((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()[0])["provenance"]
+    assert (prov["heatmaps"]["backend"], prov["heatmaps"]["precision"]) == ("onnxruntime", "fp32")

@@ -145,6 +145,13 @@ def predict_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the test-time augmentations."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per model call."),
+    heatmap_backend: str = typer.Option("torch", "--heatmap-backend", help="With --patch-model: torch, onnxruntime or "
+                                        "openvino for the heatmaps (as `breastscreen heatmaps --backend`)."),
+    heatmap_precision: str = typer.Option("fp32", "--heatmap-precision", help="With --patch-model: fp32, bf16 or "
+                                          "int8 for the heatmaps (as `breastscreen heatmaps --precision`)."),
+    model_precision: str = typer.Option("fp32", "--model-precision", help="fp32 or bf16 for the breast-level "
+                                        "model(s): bf16 only where the CPU has native bf16 (else fp32, noted in "
+                                        "predictions.jsonl's provenance); see docs/inference.md."),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Write overlay PNGs and index.html."),
     max_pictures: Optional[int] = typer.Option(None, "--max-pictures", help="Draw pictures only for the N highest-scoring exams."),
     workers: int = typer.Option(1, "--workers", "-j", help="Parallel preprocessing processes."),
@@ -176,11 +183,15 @@ def predict_command(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from breastscreen.inference.engines import tune_allocator
     from breastscreen.inference.predict import PredictOptions, predict
 
     ray_opts = ray_options(ray, ray_address, ray_cpus, ray_gpus)
+    tune_allocator()  # process-wide, so here in the entry point: on-the-fly heatmaps and big models churn memory
 
     opts = PredictOptions(tta=tta, seed=seed, device=device, batch_size=batch_size,
+                          heatmap_backend=heatmap_backend, heatmap_precision=heatmap_precision,
+                          model_precision=model_precision,
                           heatmaps_dir=str(heatmaps) if heatmaps else None, patch_model=patch_model,
                           pictures=pictures, max_pictures=max_pictures, workers=workers,
                           allow_outside_paths=allow_outside_paths)

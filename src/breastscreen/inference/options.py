@@ -49,10 +49,21 @@ class PredictOptions(ValidatedOptions):
     heatmaps_dir: Optional[str] = None
     patch_model: Optional[str] = None
     patch_batch_size: int = Field(256, ge=1, le=100_000)
+    heatmap_backend: str = "torch"
+    heatmap_precision: str = "fp32"
+    model_precision: str = "fp32"
     pictures: bool = True
     max_pictures: Optional[int] = Field(None, ge=0)
     workers: int = Field(1, ge=1, le=256)
     allow_outside_paths: bool = False
+
+
+    @field_validator("model_precision")
+    @classmethod
+    def _model_precision(cls, value: str) -> str:
+        if value not in ("fp32", "bf16"):
+            raise ValueError("must be fp32 or bf16")
+        return value
 
 
 class HeatmapOptions(ValidatedOptions):

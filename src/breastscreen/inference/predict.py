@@ -213,16 +213,22 @@ def _make_heatmaps(exams: list[Exam], patch_ref: str, out: Path, opts: PredictOp
         progress("heatmaps", "")
     # With Ray the workers load the patch model themselves; this copy only checks geometry and classes.
     model = ckpt.model.to("cpu" if ray is not None else device)
+    from breastscreen.inference.engines import EngineOptions
+
+    # background windows skipped as `breastscreen heatmaps` and the in-memory Predictor do, so the
+    # three give the same maps (and breast models see what they were trained on)
+    engine = EngineOptions(backend=opts.heatmap_backend, precision=opts.heatmap_precision, channels_last=True)
     hm = generate_heatmaps(
         exams, model, out / "heatmaps", checkpoint_sha256=ckpt.sha256, checkpoint_name=ckpt.name,
         model_metadata=ckpt.metadata, class_names=classes, batch_size=opts.patch_batch_size, device=device, resume=True,
-        ray=ray, model_ref=worker_ref(str(patch_ref)),
+        ray=ray, model_ref=worker_ref(str(patch_ref)), skip_background=True, engine=engine,
     )
     failed: dict[str, list[str]] = {}
     for exam_id, view, _path, reason in hm.errors:
         failed.setdefault(exam_id, []).append(f"heatmaps {view}: {reason}")
     errors = [(eid, "; ".join(r)) for eid, r in failed.items()]
-    info = {"checkpoint": str(patch_ref), "sha256": ckpt.sha256, "dir": str(out / "heatmaps")}
+    info = {"checkpoint": str(patch_ref), "sha256": ckpt.sha256, "dir": str(out / "heatmaps"),
+            "backend": engine.backend, "precision": engine.precision}
     return [e for e in exams if e.exam_id not in failed], errors, info
 
 
@@ -367,8 +373,11 @@ def _predict(source: str | os.PathLike[str], models: Sequence[str], out: Path, o
 
     # With Ray this process's Predictor only describes the models (spec, hashes, columns) and
     # draws --max-pictures; the workers predict on --device as they resolve it.
+    from breastscreen.inference.engines import check_engine_options
+
+    check_engine_options(opts.heatmap_backend, opts.heatmap_precision)
     predictor = Predictor.load(list(models), "cpu" if ray is not None else opts.device, tta=opts.tta, seed=opts.seed,
-                               batch_size=opts.batch_size)
+                               batch_size=opts.batch_size, precision=opts.model_precision)
     run_device = worker_device(ray, opts.device) if ray is not None else str(predictor.device)
     spec, m0 = predictor.spec, predictor.members[0]
 
@@ -414,6 +423,7 @@ def _predict(source: str | os.PathLike[str], models: Sequence[str], out: Path, o
 
     run_key = {"models": [m.sha256 for m in predictor.members], "spec": spec.to_dict(), "tta": opts.tta,
                "seed": opts.seed, "device": run_device, "package_version": __version__,
+               "precision": opts.model_precision,
                "heatmaps": (patch_info or {}).get("sha256") or (str(heatmaps_dir) if heatmaps_dir else None)}
     results_dir = out / RESULTS_DIR
     draw_now = opts.pictures and opts.max_pictures is None
@@ -435,6 +445,7 @@ def _predict(source: str | os.PathLike[str], models: Sequence[str], out: Path, o
 
         job = PredictJob(models=tuple(worker_ref(m) for m in models), sha256=tuple(m.sha256 for m in predictor.members),
                          device=run_device, tta=opts.tta, seed=opts.seed, batch_size=opts.batch_size,
+                         precision=opts.model_precision,
                          heatmaps_dir=str(heatmaps_dir.resolve()) if heatmaps_dir else None,
                          keep_pictures=opts.pictures)
         computed = map_exams(ray, job, todo)
@@ -466,6 +477,8 @@ def _predict(source: str | os.PathLike[str], models: Sequence[str], out: Path, o
                    for m in predictor.members],
         "spec": spec.to_dict(), "family": spec.family, "scale": getattr(spec, "scale", None),
         "tta": opts.tta, "seed": opts.seed, "device": run_device,
+        "precision": predictor.precision if ray is None else opts.model_precision,
+        **({"precision_note": predictor.precision_note} if predictor.precision_note and ray is None else {}),
         "heatmaps": patch_info or ({"dir": str(heatmaps_dir)} if heatmaps_dir else None),
         "source": str(Path(source).resolve()),
     }

@@ -91,9 +91,17 @@ def _to_np(x: Any) -> Any:
     return x
 
 
-def run_model(model: nn.Module, device: torch.device, *args: Any) -> dict[str, Any]:
-    """Forward pass without gradients; tensor outputs as numpy (``features`` dropped)."""
-    with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+def run_model(model: nn.Module, device: torch.device, *args: Any, precision: str = "fp32") -> dict[str, Any]:
+    """Forward pass without gradients; tensor outputs as numpy (``features`` dropped).
+
+    ``precision`` ``bf16`` autocasts to bfloat16 (on CUDA and on CPUs with native bf16); ``fp32``
+    keeps float32 on the CPU and the historical float16 autocast on CUDA.
+    """
+    if device.type == "cuda":
+        dtype, enabled = (torch.bfloat16 if precision == "bf16" else torch.float16), True
+    else:
+        dtype, enabled = torch.bfloat16, precision == "bf16"
+    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled):
         out = model(*args)
     return _to_np({k: v for k, v in out.items() if k != "features"})
 
@@ -113,7 +121,7 @@ class Predictor:
 
     def __init__(self, members: Sequence[Member], device: torch.device | str = "cpu", *, tta: int = 1, seed: int = 0,
                  batch_size: int = 8, patch: Member | None = None, patch_batch_size: int = 64,
-                 patch_engine: Any = None) -> None:
+                 patch_engine: Any = None, precision: str = "fp32") -> None:
         if not members:
             raise BreastscreenError("a Predictor needs at least one model")
         if tta < 1:
@@ -131,15 +139,28 @@ class Predictor:
         # How patch windows are computed (EngineOptions); the default is the exact mode in channels-last.
         self.patch_engine = patch_engine
         self.spec: ModelSpec = self.members[0].spec
+        if precision not in ("fp32", "bf16"):
+            raise BreastscreenError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.precision_note = ""
+        if precision == "bf16" and self.device.type == "cpu":
+            from breastscreen.inference.engines import cpu_has_native_bf16
+
+            if not cpu_has_native_bf16():
+                # emulated bf16 is slower than fp32 and no more exact: run fp32 and say so
+                precision = "fp32"
+                self.precision_note = "bf16 requested but this CPU has no native bf16 (AVX512-BF16/AMX): ran fp32"
+        # the breast-level models' arithmetic (what runs, after any fallback)
+        self.precision = precision
 
     @classmethod
     def load(cls, models: str | Sequence[str], device: str | torch.device = "cpu", *, tta: int = 1, seed: int = 0,
              batch_size: int = 8, patch_model: str | None = None, patch_batch_size: int = 64,
-             patch_engine: Any = None) -> "Predictor":
+             patch_engine: Any = None, precision: str = "fp32") -> "Predictor":
         """Load checkpoint files, bundled model names or ensemble manifests (``device="auto"`` picks CUDA).
 
         ``patch_engine`` (:class:`~breastscreen.inference.engines.EngineOptions`) chooses the backend,
-        precision and mode of on-the-fly heatmaps (default: exact fp32, channels-last).
+        precision and mode of on-the-fly heatmaps (default: exact fp32, channels-last);
+        ``precision`` (``fp32`` or ``bf16``) that of the breast-level models (:func:`run_model`).
         """
         from breastscreen.utils import resolve_device
 
@@ -150,7 +171,7 @@ class Predictor:
         members = load_members(models, dev)
         patch = load_members(patch_model, dev)[0] if patch_model else None
         return cls(members, dev, tta=tta, seed=seed, batch_size=batch_size, patch=patch,
-                   patch_batch_size=patch_batch_size, patch_engine=patch_engine)
+                   patch_batch_size=patch_batch_size, patch_engine=patch_engine, precision=precision)
 
     # ------------------------------------------------------------------ description
 
@@ -221,7 +242,7 @@ class Predictor:
 
     def _batched(self, member: Member, rows: int, make: Any) -> list[dict[str, Any]]:
         """Run ``member`` over ``rows`` input rows in chunks of ``batch_size``; ``make(slice)`` gives the args."""
-        return [run_model(member.model, self.device, *make(slice(s, s + self.batch_size)))
+        return [run_model(member.model, self.device, *make(slice(s, s + self.batch_size)), precision=self.precision)
                 for s in range(0, rows, self.batch_size)]
 
     def _mammo_views(self, exam_id: str, views: dict[str, list[ImageLike]],

@@ -261,6 +261,7 @@ class PredictJob:
     batch_size: int
     heatmaps_dir: str | None
     keep_pictures: bool
+    precision: str = "fp32"
 
 
 # One loaded model per kind and worker process: tasks of a run reuse it instead of reloading.
@@ -335,7 +336,8 @@ def heatmap_chunk_task(job: HeatmapJob, items: list[Any], fault: str | None = No
 def _load_predictor(job: PredictJob) -> Any:
     from breastscreen.inference.predictor import Predictor
 
-    predictor = Predictor.load(list(job.models), job.device, tta=job.tta, seed=job.seed, batch_size=job.batch_size)
+    predictor = Predictor.load(list(job.models), job.device, tta=job.tta, seed=job.seed, batch_size=job.batch_size,
+                               precision=job.precision)
     for member, expected in zip(predictor.members, job.sha256):
         _check_hash(member.ref.ref, member.sha256, expected)
     return predictor
