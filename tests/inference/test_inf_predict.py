@@ -232,3 +232,17 @@ def test_heatmap_engine_options_reach_on_the_fly_heatmaps(cohort: Path, checkpoi
     assert np.abs(a - b).max() <= 1e-3  # ONNX Runtime fp32 heatmaps: the same up to float16 file rounding
     prov = json.loads((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()[0])["provenance"]
     assert (prov["heatmaps"]["backend"], prov["heatmaps"]["precision"]) == ("onnxruntime", "fp32")
+
+
+def test_predictor_warm_up_builds_the_heatmap_engine_once(cohort: Path, checkpoints: dict) -> None:
+    from breastscreen import Predictor
+
+    exam = read_manifest(cohort / "raw" / "manifest.jsonl")[0]
+    cold = Predictor.load(str(checkpoints["heat"]), "cpu", patch_model=str(checkpoints["patch"]))
+    warm = Predictor.load(str(checkpoints["heat"]), "cpu", patch_model=str(checkpoints["patch"]))
+    warm.warm_up()
+    built = warm._inferers[True]
+    assert set(warm._inferers) == {True} and not cold._inferers
+    assert warm.predict_exam(exam).values == cold.predict_exam(exam).values
+    assert warm._inferers[True] is built  # the engine built at warm-up is the one used
+    Predictor.load(str(checkpoints["image"]), "cpu").warm_up()  # no patch model: nothing to build

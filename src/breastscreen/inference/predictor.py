@@ -194,8 +194,6 @@ class Predictor:
 
     def compute_heatmaps(self, prepared: PreparedImage) -> np.ndarray:
         """Heatmaps [2, H, W] of one prepared mammogram with the patch model (float16-rounded like files)."""
-        from breastscreen.inference.heatmaps import SlidingWindowHeatmapper
-
         if self.patch is None:
             raise BreastscreenError("this model takes heatmaps: give heatmaps= or load the Predictor with patch_model=")
         spec: PatchSpec = self.patch.spec  # type: ignore[assignment]
@@ -205,16 +203,30 @@ class Predictor:
         # Background windows are skipped when the breast mask is known, as `breastscreen heatmaps`
         # does by default, so in-memory and file heatmaps are the same maps.
         skip = prepared.mask is not None and prepared.mask.shape == prepared.pixels.shape
+        maps = self._inferer(skip).heatmaps([prepared.pixels], [prepared.mask] if skip else None)[0].maps
+        return maps.astype(np.float16).astype(np.float32)
+
+    def _inferer(self, skip: bool) -> Any:
         inferer = self._inferers.get(skip)
         if inferer is None:
             from breastscreen.inference.engines import EngineOptions
+            from breastscreen.inference.heatmaps import SlidingWindowHeatmapper
 
+            spec: PatchSpec = self.patch.spec  # type: ignore[union-attr, assignment]
             engine = self.patch_engine or EngineOptions(channels_last=True)
             inferer = self._inferers[skip] = SlidingWindowHeatmapper(
-                self.patch.model, spec.patch_size, spec.target_stride, batch_size=self.patch_batch_size,
+                self.patch.model, spec.patch_size, spec.target_stride, batch_size=self.patch_batch_size,  # type: ignore[union-attr]
                 device=self.device, skip_background=skip, class_names=spec.classes, **engine.kwargs())
-        maps = inferer.heatmaps([prepared.pixels], [prepared.mask] if skip else None)[0].maps
-        return maps.astype(np.float16).astype(np.float32)
+        return inferer
+
+    def warm_up(self) -> None:
+        """Build the on-the-fly heatmap engine now rather than on the first exam.
+
+        Compiled backends export, compile and (int8) calibrate the patch model when built, which
+        takes seconds; a service calls this once at start so that no request waits for it.
+        """
+        if self.patch is not None:
+            self._inferer(True)
 
     def _maps(self, heatmaps: HeatmapSource | None, exam_id: str, view: str, k: int,
               prepared: PreparedImage) -> np.ndarray | None:
