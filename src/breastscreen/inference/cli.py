@@ -68,7 +68,8 @@ def heatmaps_command(
     precision: str = typer.Option("fp32", "--precision", help="fp32 (exact), bf16 (about 1e-3 from fp32 with trained "
                                   "weights; only where the CPU has native bf16, else fp32 with a note) or int8 "
                                   "(--backend openvino|onnxruntime; post-training quantised, calibrated on a fixed "
-                                  "synthetic phantom; about 1e-2 from fp32, see docs/inference.md)."),
+                                  "synthetic phantom; EXPERIMENTAL: far from fp32 on a real mammogram in the "
+                                  "benchmark, see docs/inference.md)."),
     mode: str = typer.Option("exact", "--mode", help="exact (every window on its own pixels) or fullconv (a fast "
                              "preview: the trunk once over the image, on --backend torch or openvino; see "
                              "docs/inference.md)."),

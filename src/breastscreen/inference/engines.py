@@ -224,6 +224,9 @@ def build_engine(
                                     f"got {list(calib.shape)}")
         calib = calib.expand(-1, in_channels, -1, -1).contiguous()
         details = {"calibration": {"windows": int(calib.shape[0]), "source": source}}
+        # measured far from fp32 on a real mammogram (benchmarks/results/heatmaps_speed.json): say so wherever it ran
+        note = "; ".join(filter(None, [note, "int8 is experimental: check it against fp32 on your images "
+                                       "(docs/inference.md)"]))
         if backend == "onnxruntime":
             details["calibration"]["method"] = ("onnxruntime quantize_static, QDQ: min-max, weights int8 per "
                                                 "channel, activations uint8 per tensor")
