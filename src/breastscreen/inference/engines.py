@@ -74,12 +74,22 @@ class _LogitsOnly(nn.Module):
         self.model = model
         self.in_channels = in_channels
 
+    def channels(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its grey channel repeated to the model's input channels."""
+        return x if x.shape[1] == self.in_channels else x.expand(-1, self.in_channels, -1, -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, K] of a batch [B, C, p, p]."""
-        if x.shape[1] != self.in_channels:
-            x = x.expand(-1, self.in_channels, -1, -1)
-        out = self.model(x)
+        out = self.model(self.channels(x))
         return out["logits"] if isinstance(out, dict) else out
+
+
+class _Trunk(_LogitsOnly):
+    """The patch model's ``forward_features`` (what the fully-convolutional preview runs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map [N, C', h/s, w/s] of an image batch [N, C, h, w]."""
+        return self.model.forward_features(self.channels(x))
 
 
 @dataclass(frozen=True)
@@ -292,17 +302,35 @@ def _onnxruntime_session(onnx_bytes: bytes, threads: int) -> Callable[[torch.Ten
     return run
 
 
-def _openvino_runner(wrapped: nn.Module, example: torch.Tensor, precision: str,
-                     threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _ov_convert(wrapped: nn.Module, example: torch.Tensor, shape: list[int]) -> Any:
+    """``openvino.convert_model`` of ``wrapped`` with input ``shape`` (-1: dynamic)."""
     ov = _import("openvino")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(wrapped, example_input=example,
-                                    input=[ov.PartialShape([-1, *example.shape[1:]])])
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        return ov.convert_model(wrapped, example_input=example, input=[ov.PartialShape(shape)])
+
+
+def _nncf_int8(ov_model: Any, samples: list[np.ndarray]) -> Any:
+    """NNCF post-training int8 quantisation (min-max ranges, fast bias correction), quietly.
+
+    NNCF gives the concatenations of a DenseNet one shared scale, so that the int8 tensors pass
+    through them unchanged; a generic QDQ graph requantises every concatenation and ran no faster
+    than bf16 here.
+    """
+    nncf = _import("nncf")
+    nncf.set_log_level(logging.ERROR)
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
+
+
+def _ov_runner(ov_model: Any, bf16: bool, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Compile ``ov_model`` for this CPU; ``run(x)`` gives its first output as a float32 tensor."""
+    ov = _import("openvino")
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
               "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = ov.Core().compile_model(ov_model, "CPU", config)
-    request = compiled.create_infer_request()
+    request = ov.Core().compile_model(ov_model, "CPU", config).create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -313,37 +341,17 @@ def _openvino_runner(wrapped: nn.Module, example: torch.Tensor, precision: str,
     return run
 
 
+def _openvino_runner(wrapped: nn.Module, example: torch.Tensor, precision: str,
+                     threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return _ov_runner(_ov_convert(wrapped, example, [-1, *example.shape[1:]]), precision == "bf16", threads)
+
+
 def _openvino_int8(wrapped: nn.Module, example: torch.Tensor, calibration: torch.Tensor,
                    threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """OpenVINO int8: the converted model quantised by NNCF (min-max ranges, fast bias correction).
-
-    NNCF gives the concatenations of a DenseNet one shared scale, so that the int8 tensors pass
-    through them unchanged; a generic QDQ graph requantises every concatenation and ran no faster
-    than bf16 here. Layers NNCF leaves in float run in bf16 where the CPU has it.
-    """
-    ov = _import("openvino")
-    nncf = _import("nncf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(wrapped, example_input=example,
-                                    input=[ov.PartialShape([-1, *example.shape[1:]])])
-    samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
-    nncf.set_log_level(logging.ERROR)
-    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), \
-            contextlib.redirect_stderr(sink), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantized = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if cpu_has_native_bf16() else "f32",
-              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = ov.Core().compile_model(quantized, "CPU", config)
-    request = compiled.create_infer_request()
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        request.infer({0: arr})
-        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
-
-    return run
+    """OpenVINO int8 (:func:`_nncf_int8`); layers left in float run in bf16 where the CPU has it."""
+    ov_model = _ov_convert(wrapped, example, [-1, *example.shape[1:]])
+    quantized = _nncf_int8(ov_model, [calibration[i:i + 1].numpy() for i in range(len(calibration))])
+    return _ov_runner(quantized, cpu_has_native_bf16(), threads)
 
 
 def _quantized_onnx(wrapped: nn.Module, example: torch.Tensor, calibration: torch.Tensor, threads: int) -> bytes:
@@ -428,21 +436,6 @@ def synthetic_calibration_windows(patch: int, n: int = CALIBRATION_WINDOWS, seed
     return _phantom_windows(int(patch), int(n), int(seed)).copy()
 
 
-class _Trunk(nn.Module):
-    """The patch model's ``forward_features`` as a module (what the fully-convolutional preview runs)."""
-
-    def __init__(self, model: nn.Module, in_channels: int) -> None:
-        super().__init__()
-        self.model = model
-        self.in_channels = in_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature map [N, C', h/s, w/s] of an image batch [N, C, h, w]."""
-        if x.shape[1] != self.in_channels:
-            x = x.expand(-1, self.in_channels, -1, -1)
-        return self.model.forward_features(x)
-
-
 def build_trunk(model: nn.Module, *, in_channels: int, patch: int, backend: str = "openvino",
                 precision: str = "fp32", threads: int | None = None,
                 calibration: np.ndarray | torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -454,33 +447,13 @@ def build_trunk(model: nn.Module, *, in_channels: int, patch: int, backend: str 
     """
     if backend != "openvino":
         raise BreastscreenError(f"a compiled fully-convolutional trunk runs on openvino, not {backend!r}")
-    ov = _import("openvino")
     threads = int(threads or torch.get_num_threads())
-    wrapped = _Trunk(model.eval(), in_channels)
     example = torch.zeros(1, in_channels, patch, patch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(wrapped, example_input=example,
-                                    input=[ov.PartialShape([1, in_channels, -1, -1])])
+    ov_model = _ov_convert(_Trunk(model.eval(), in_channels), example, [1, in_channels, -1, -1])
     if precision == "int8":
-        nncf = _import("nncf")
         calib = calibration if calibration is not None else synthetic_calibration_windows(patch)
         calib = np.asarray(calib, dtype=np.float32)
-        samples = [np.ascontiguousarray(np.broadcast_to(calib[i:i + 1], (1, in_channels, patch, patch)))
-                   for i in range(len(calib))]
-        nncf.set_log_level(logging.ERROR)
-        with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), \
-                contextlib.redirect_stderr(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ov_model = nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
-    hint = "bf16" if precision in ("bf16", "int8") and cpu_has_native_bf16() else "f32"
-    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = ov.Core().compile_model(ov_model, "CPU", config)
-    request = compiled.create_infer_request()
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        request.infer({0: arr})
-        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))[0]
-
-    return run
+        ov_model = _nncf_int8(ov_model, [np.ascontiguousarray(np.broadcast_to(calib[i:i + 1], example.shape))
+                                         for i in range(len(calib))])
+    run = _ov_runner(ov_model, precision in ("bf16", "int8") and cpu_has_native_bf16(), threads)
+    return lambda x: run(x)[0]
