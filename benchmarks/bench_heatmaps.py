@@ -208,15 +208,12 @@ def exam_worker(args: argparse.Namespace) -> int:
     tune_allocator()
     opts = dict(EXAM_VARIANTS[args.variant])
     model_precision = opts.pop("model_precision", "fp32")
-    warm = opts.pop("warm", False)
     engine = EngineOptions(channels_last=True, **opts)
     exam = read_manifest(args.image)[0]
     t0 = time.perf_counter()
     predictor = Predictor.load(str(Path(args.weights).parent.parent / "breast-random.safetensors"), args.device, tta=10,
                                patch_model=args.weights, patch_batch_size=16, patch_engine=engine,
                                precision=model_precision)
-    if warm:
-        predictor.warm_up()
     setup = time.perf_counter() - t0
     spent = {"heatmaps": 0.0}
     inner = predictor.compute_heatmaps

@@ -66,6 +66,16 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def effective_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """``(precision that runs, note)``: bf16 falls back to fp32 on a CPU without native bf16.
+
+    Emulated bf16 is slower than fp32 and no more exact, so it is never run; the note says why.
+    """
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return "fp32", "bf16 requested but this CPU has no native bf16 (AVX512-BF16/AMX): ran fp32"
+    return precision, ""
+
+
 class _LogitsOnly(nn.Module):
     """Wraps a patch model so that it returns the logits tensor (exporters need one tensor out)."""
 
@@ -206,10 +216,7 @@ def build_engine(
     check_engine_options(backend, precision)
     device = torch.device(device)
     model.eval()
-    note = ""
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        note = "bf16 requested but this CPU has no native bf16 (AVX512-BF16/AMX): ran fp32"
-        precision = "fp32"
+    precision, note = effective_precision(precision, device)
     if backend != "torch" and device.type != "cpu":
         raise BreastscreenError(f"--backend {backend} runs on the CPU; use --backend torch on {device}")
     threads = int(threads or torch.get_num_threads())

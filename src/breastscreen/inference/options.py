@@ -57,7 +57,6 @@ class PredictOptions(ValidatedOptions):
     workers: int = Field(1, ge=1, le=256)
     allow_outside_paths: bool = False
 
-
     @field_validator("model_precision")
     @classmethod
     def _model_precision(cls, value: str) -> str:

@@ -141,16 +141,10 @@ class Predictor:
         self.spec: ModelSpec = self.members[0].spec
         if precision not in ("fp32", "bf16"):
             raise BreastscreenError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.precision_note = ""
-        if precision == "bf16" and self.device.type == "cpu":
-            from breastscreen.inference.engines import cpu_has_native_bf16
+        from breastscreen.inference.engines import effective_precision
 
-            if not cpu_has_native_bf16():
-                # emulated bf16 is slower than fp32 and no more exact: run fp32 and say so
-                precision = "fp32"
-                self.precision_note = "bf16 requested but this CPU has no native bf16 (AVX512-BF16/AMX): ran fp32"
-        # the breast-level models' arithmetic (what runs, after any fallback)
-        self.precision = precision
+        # the breast-level models' arithmetic (what runs, after any fallback) and why it differs
+        self.precision, self.precision_note = effective_precision(precision, self.device)
 
     @classmethod
     def load(cls, models: str | Sequence[str], device: str | torch.device = "cpu", *, tta: int = 1, seed: int = 0,
