@@ -117,13 +117,30 @@ def test_int8_engine_describes_its_calibration_and_checks_windows() -> None:
 
 
 def test_synthetic_calibration_windows_are_fixed_tissue_windows() -> None:
+    from breastscreen.inference.heatmaps import prepare_image
+    from breastscreen.preprocess.mammo import preprocess_view
+    from breastscreen.synthetic._mammo_phantom import draw_exam
+    from breastscreen.synthetic._mammo_render import render_view
+
     a = engines.synthetic_calibration_windows(PATCH, 12)
     assert a.shape == (12, 1, PATCH, PATCH) and a.dtype == np.float32
     np.testing.assert_array_equal(a, engines.synthetic_calibration_windows(PATCH, 12))
     assert not np.array_equal(a, engines.synthetic_calibration_windows(PATCH, 12, seed=1))
-    # standardised like heatmap inputs: tissue windows sit above the background value
-    background = a.min()
-    assert (a > background).mean(axis=(1, 2, 3)).min() >= 0.5
+    # Each window is cut out of the phantom preprocessed like every heatmap input (not the raw
+    # render) at a quarter-patch stride, and contains breast tissue.
+    view = render_view(draw_exam(0, 0, prevalence=1.0, benign_prevalence=1.0), "L-CC", PATCH / 256)
+    pre = preprocess_view(view.pixels.astype(np.float32), (view.spacing_mm,) * 2, "L-CC", PATCH / 256)
+    image = prepare_image(pre.image, PATCH)
+    mask = np.pad(pre.mask > 0, ((0, image.shape[0] - pre.mask.shape[0]), (0, image.shape[1] - pre.mask.shape[1])))
+    stride = PATCH // 4
+    for w in a[:, 0]:
+        hits = [(r, c) for r in window_offsets(pre.image.shape[0], PATCH, stride)
+                for c in window_offsets(pre.image.shape[1], PATCH, stride)
+                if np.array_equal(image[r:r + PATCH, c:c + PATCH], w)]
+        assert hits and any(mask[r:r + PATCH, c:c + PATCH].any() for r, c in hits)
+    # the background sits where the heatmapper's inputs put it, below the raw render's standardised level
+    raw = prepare_image(view.pixels.astype(np.float32), PATCH)
+    assert a.min() == pytest.approx(float(image.min())) and image.min() < raw.min() - 0.2
 
 
 def test_bf16_falls_back_without_native_support(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -412,20 +412,25 @@ def _quantized_onnx(wrapped: nn.Module, example: torch.Tensor, calibration: torc
 
 @functools.lru_cache(maxsize=4)
 def _phantom_windows(patch: int, n: int, seed: int) -> np.ndarray:
-    from breastscreen.inference.heatmaps import prepare_image
+    from breastscreen.inference.heatmaps import prepare_image, windows_with_tissue
     from breastscreen.inference.strides import window_offsets
+    from breastscreen.preprocess.mammo import preprocess_view
     from breastscreen.synthetic._mammo_phantom import draw_exam
     from breastscreen.synthetic._mammo_render import render_view
 
     scale = min(max(patch / 256.0, 0.02), 1.0)
     phantom = draw_exam(seed, 0, prevalence=1.0, benign_prevalence=1.0)
-    pixels = render_view(phantom, "L-CC", scale).pixels.astype(np.float32)
-    image = prepare_image(pixels, patch)
-    tissue = np.pad(pixels > 0, ((0, image.shape[0] - pixels.shape[0]), (0, image.shape[1] - pixels.shape[1])))
+    view = render_view(phantom, "L-CC", scale)
+    # Preprocessed like every heatmap input (breast crop, background suppressed, then standardised
+    # over the crop): calibrating on the raw render put the background at another level than the
+    # heatmapper sees, and int8 clipped it (max |dp| 0.78 on a real mammogram).
+    pre = preprocess_view(view.pixels.astype(np.float32), (view.spacing_mm, view.spacing_mm), "L-CC", scale)
+    image = prepare_image(pre.image, patch)
     stride = max(patch // 4, 1)
-    corners = [(r, c) for r in window_offsets(image.shape[0], patch, stride)
-               for c in window_offsets(image.shape[1], patch, stride)
-               if tissue[r:r + patch, c:c + patch].mean() >= 0.5]
+    rows, cols = window_offsets(pre.image.shape[0], patch, stride), window_offsets(pre.image.shape[1], patch, stride)
+    # the windows the heatmapper evaluates: any tissue, skin edges and mostly-background ones included
+    valid = windows_with_tissue(pre.mask, rows, cols, patch)
+    corners = [(int(rows[i]), int(cols[j])) for i, j in zip(*np.nonzero(valid))]
     if not corners:
         raise BreastscreenError(f"no tissue windows of {patch} px in the calibration phantom")
     pick = np.random.default_rng(seed).permutation(len(corners))[:n]
@@ -434,11 +439,13 @@ def _phantom_windows(patch: int, n: int, seed: int) -> np.ndarray:
 
 
 def synthetic_calibration_windows(patch: int, n: int = CALIBRATION_WINDOWS, seed: int = 0) -> np.ndarray:
-    """``n`` windows [n, 1, patch, patch] with at least half tissue from one synthetic phantom.
+    """``n`` windows [n, 1, patch, patch] containing breast tissue from one synthetic phantom.
 
     The phantom (L-CC of exam 0 of cohort ``seed``, with a malignant and a benign finding) is
-    rendered at the scale where ``patch`` is the 256-px window at full resolution and
-    standardised like every heatmap input; the same arguments always give the same windows.
+    rendered at the scale where ``patch`` is the 256-px window at full resolution, preprocessed
+    and standardised like every heatmap input, and windowed at a quarter-patch stride; the windows
+    are drawn from those the heatmapper would evaluate (any tissue). The same arguments always
+    give the same windows.
     """
     return _phantom_windows(int(patch), int(n), int(seed)).copy()
 
