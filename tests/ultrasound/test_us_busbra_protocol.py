@@ -59,6 +59,23 @@ def test_v3_registers_before_any_fold_and_resumes(cv, tmp_path, monkeypatch):
     assert json.loads(out.read_text())["protocol"]["registered_at"] == first
 
 
+def test_v4_is_v3_plus_lesion_supervision_and_refuses_a_v3_file(cv, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cv, "run_busbra_cv", lambda data, work, overrides, **kw: seen.append(list(overrides))
+                        or _fake_summary())
+    v3_out = tmp_path / "v3.json"
+    assert cv.main(["--protocol", "v3", "--data", str(tmp_path), "--work", str(tmp_path / "w3"), "--out", str(v3_out)]) == 0
+    assert cv.main(["--protocol", "v4", "--data", str(tmp_path), "--work", str(tmp_path / "w4"),
+                    "--out", str(tmp_path / "v4.json")]) == 0
+    assert set(seen[1]) - set(seen[0]) == {"recipe.lesion_weight=1.0"} and set(seen[0]) <= set(seen[1])
+    reg = json.loads((tmp_path / "v4.json").read_text())["protocol"]
+    assert reg["name"] == "v4" and reg["config"]["lesion_weight"] == 1.0
+    assert {k: v for k, v in reg["config"].items() if k not in ("lesion_weight", "lesion_supervision")} == \
+        cv.PROTOCOL_V3["config"]
+    with pytest.raises(SystemExit, match="another protocol"):
+        cv.main(["--protocol", "v4", "--data", str(tmp_path), "--work", str(tmp_path / "w4"), "--out", str(v3_out)])
+
+
 def test_v3_refuses_changes_and_other_protocols(cv, tmp_path, monkeypatch):
     monkeypatch.setattr(cv, "run_busbra_cv", lambda *a, **k: pytest.fail("must not run"))
     with pytest.raises(SystemExit):

@@ -107,11 +107,27 @@ class USSpec(ModelSpec):
 
     def image_input(self, prepared: PreparedImage, rng: np.random.Generator | None = None) -> np.ndarray:
         """[S, S] float32 input of one image: augmented when ``rng`` is given, else resized only."""
+        return self.image_input_and_lesions(prepared, None, rng)[0]
+
+    def image_input_and_lesions(
+        self, prepared: PreparedImage, lesions: np.ndarray | None, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`image_input` plus lesion masks moved by the same geometric draw.
+
+        ``lesions`` [L, P, P] (``P`` = ``prepare_size``, non-zero = lesion) in the prepared
+        image's geometry, or None; returns ([S, S] input, [L, S, S] uint8 masks or None). The
+        random stream is consumed exactly as by :meth:`image_input`, so supervising with masks
+        does not change the images a seed draws.
+        """
         from breastscreen.preprocess.ultrasound import apply_us_augment, draw_us_params, normalize
 
         config = self._augment_config()
         params = draw_us_params(rng, config) if rng is not None else None
-        return normalize(apply_us_augment(prepared.pixels, params, config.size)[0])
+        masks = None if lesions is None else {str(i): m for i, m in enumerate(np.asarray(lesions, dtype=np.uint8))}
+        image, moved = apply_us_augment(prepared.pixels, params, config.size, masks)
+        out = None if lesions is None else (np.stack([moved[str(i)] for i in range(len(masks or {}))]) if masks
+                                            else np.zeros((0, *config.size), np.uint8))
+        return normalize(image), out
 
     def bag_input(self, images: Sequence[PreparedImage], rng: np.random.Generator | None = None) -> np.ndarray:
         """[K, C, S, S] float32 input of one bag (one draw per image from ``rng`` in training)."""

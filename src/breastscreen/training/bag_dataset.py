@@ -152,10 +152,13 @@ class BagDataset(Dataset):
     call :meth:`set_epoch` each epoch. ``max_images`` caps the bag size in training by drawing a
     random subset. Images excluded from the cache and duplicates inside a bag are left out
     (as the Predictor does); breasts with no image left are dropped and listed in ``dropped``.
+    ``lesion_masks=True`` (training with lesion supervision) adds ``lesions`` [K, 2, S, S]
+    (benign, malignant masks moved by each image's augmentation) and ``lesion_known`` [K]
+    (see :func:`lesion_class_map`); the images are the same as without it.
     """
 
     def __init__(self, breasts: Sequence[Breast], cache: ImageCache, spec: USSpec, train: bool = False, seed: int = 0,
-                 max_images: int | None = None, with_labels: bool = True) -> None:
+                 max_images: int | None = None, with_labels: bool = True, lesion_masks: bool = False) -> None:
         if cache.size != spec.prepare_size:
             raise BreastscreenError(f"the cache holds {cache.size}px images, the spec prepares {spec.prepare_size}px")
         self.cache, self.spec = cache, spec
@@ -166,6 +169,8 @@ class BagDataset(Dataset):
         self.bags: list[list[PreparedImage]] = []
         self.image_ids: list[list[str]] = []
         self.dropped: list[str] = []
+        # per kept image: None (no lesion supervision) or a [P, P] uint8 of class bits (1 benign, 2 malignant)
+        self.lesions: list[list[np.ndarray | None]] = []
         for b in breasts:
             kept, _ = dedupe([cache.entries[image_key(im)] for im in b.images if image_key(im) in cache])
             if not kept:
@@ -176,6 +181,10 @@ class BagDataset(Dataset):
             self.breasts.append(b)
             self.bags.append(kept)
             self.image_ids.append([p.source for p in kept])
+            if lesion_masks:
+                refs = {image_key(im): im for im in b.images}
+                self.lesions.append([lesion_class_map(refs[p.source], p.record, cache.size, b.targets) for p in kept])
+        self.lesion_masks = bool(lesion_masks)
 
     def __len__(self) -> int:
         return len(self.breasts)
@@ -190,17 +199,74 @@ class BagDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         if rng is not None and self.max_images is not None and len(order) > self.max_images:
             order = sorted(rng.choice(len(order), size=self.max_images, replace=False).tolist())
-        stack = torch.from_numpy(self.spec.bag_input([bag[j] for j in order], rng))
+        if self.lesion_masks:
+            stack_np, lesions, known = self._with_lesions(index, order, rng)
+            stack = torch.from_numpy(stack_np)
+        else:
+            stack = torch.from_numpy(self.spec.bag_input([bag[j] for j in order], rng))
         item: dict[str, Any] = {"images": stack, "index": index, "image_ids": [self.image_ids[index][j] for j in order]}
+        if self.lesion_masks:
+            item["lesions"], item["lesion_known"] = torch.from_numpy(lesions), torch.from_numpy(known)
         if self.with_labels:
             item["labels"] = torch.tensor(self.breasts[index].targets, dtype=torch.float32)
         return item
 
 
+    def _with_lesions(self, index: int, order: list[int],
+                      rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bag input [K, C, S, S] (as :meth:`USSpec.bag_input` draws it), lesions [K, 2, S, S] uint8, known [K]."""
+        size = self.spec.input_size
+        images, lesions, known = [], np.zeros((len(order), 2, size, size), np.uint8), np.zeros(len(order), bool)
+        for slot, j in enumerate(order):
+            bits = self.lesions[index][j]
+            classes = None if bits is None else np.stack([(bits & 1) > 0, (bits & 2) > 0]).astype(np.uint8)
+            image, moved = self.spec.image_input_and_lesions(self.bags[index][j], classes, rng)
+            images.append(image)
+            if moved is not None:
+                lesions[slot], known[slot] = moved, True
+        stack = np.stack(images)[:, None]
+        if self.spec.in_channels == 3:
+            stack = np.repeat(stack, 3, axis=1)
+        return np.ascontiguousarray(stack, dtype=np.float32), lesions, known
+
+
+def lesion_class_map(image: ImageRef, record: dict[str, Any], size: int,
+                     targets: Sequence[float] | None) -> np.ndarray | None:
+    """Lesion masks of ``image`` in its prepared geometry as class bits (1 benign, 2 malignant), or None.
+
+    An image with masks is taken to have every lesion masked, so pixels outside the masks are
+    lesion-free for both classes. A mask without a label takes the breast's label when exactly
+    one of (benign, malignant) is positive; otherwise the image is left unsupervised (None), as
+    is an image without masks. Raises naming the file when a mask cannot be read or does not
+    match its image.
+    """
+    if not image.masks:
+        return None
+    from breastscreen.evaluation.localisation import mask_in_prepared_geometry
+    from breastscreen.preprocess.pipeline import load_mask
+
+    positive = [c for c, t in zip(("benign", "malignant"), targets or ()) if t == 1]
+    shape = tuple(int(v) for v in record["original_shape"])
+    bits = np.zeros((size, size), np.uint8)
+    for m in image.masks:
+        label = m.label or (positive[0] if len(positive) == 1 else None)
+        if label is None:
+            return None
+        try:
+            region = mask_in_prepared_geometry(load_mask(m.path, shape), record, size)
+        except PreprocessError as exc:
+            raise BreastscreenError(str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise BreastscreenError(f"{m.path}: cannot read the lesion mask ({exc})") from None
+        bits |= region.astype(np.uint8) * (1 if label == "benign" else 2)
+    return bits
+
+
 def collate_bags(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pad bags to the largest K of the batch: ``images`` [B, K, C, S, S], ``mask`` [B, K] bool.
 
-    Padded slots hold zeros and ``mask`` False; ``labels`` [B, 2] when items carry labels.
+    Padded slots hold zeros and ``mask`` False; ``labels`` [B, 2] when items carry labels;
+    ``lesions`` [B, K, 2, S, S] and ``lesion_known`` [B, K] when items carry lesion masks.
     """
     if not items:
         raise ValueError("cannot collate an empty batch")
@@ -222,4 +288,11 @@ def collate_bags(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if "labels" in items[0]:
         out["labels"] = torch.stack([it["labels"] for it in items])
+    if "lesions" in items[0]:
+        lesions = torch.zeros(len(items), k_max, *items[0]["lesions"].shape[1:], dtype=items[0]["lesions"].dtype)
+        known = torch.zeros(len(items), k_max, dtype=torch.bool)
+        for i, it in enumerate(items):
+            k = it["lesions"].shape[0]
+            lesions[i, :k], known[i, :k] = it["lesions"], it["lesion_known"]
+        out["lesions"], out["lesion_known"] = lesions, known
     return out

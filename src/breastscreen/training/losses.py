@@ -134,3 +134,30 @@ def us_mil_loss(
     if not math.isfinite(total.item()):
         raise FloatingPointError(f"loss is not finite: {parts}")
     return total, parts
+
+
+def us_lesion_loss(saliency: torch.Tensor, lesions: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Lesion-mask supervision of the saliency maps (not in the paper, which is weakly supervised).
+
+    Each map cell's target is the fraction of it that the lesion masks of its class cover
+    (``lesions`` [B, K, 2, S, S] average-pooled to the map's h x w); the loss is a class-balanced
+    binary cross-entropy per map, ``(BCE over lesion cells + BCE over the other cells) / 2``
+    with each part weighted by its coverage (a map with no lesion of its class has only the
+    second part), averaged over both maps of every image with ``known`` [B, K] True. Balanced,
+    so that small lesions count as much as large ones. Returns 0 (with a gradient) when no
+    image is known.
+    """
+    if saliency.dim() != 5 or lesions.dim() != 5 or saliency.shape[:3] != lesions.shape[:3]:
+        raise ValueError(f"saliency {tuple(saliency.shape)} and lesions {tuple(lesions.shape)} must be "
+                         "[B, K, 2, h, w] and [B, K, 2, S, S]")
+    sel = known.to(device=saliency.device, dtype=torch.bool)
+    if not bool(sel.any()):
+        return saliency.sum() * 0.0
+    s = saliency[sel].float().clamp(1e-6, 1 - 1e-6)  # [N, 2, h, w]
+    t = F.adaptive_avg_pool2d(lesions.to(saliency.device)[sel].float(), s.shape[-2:])
+    tiny = 1e-6
+    pos_w, neg_w = t.sum(dim=(2, 3)), (1 - t).sum(dim=(2, 3))
+    pos = -(t * torch.log(s)).sum(dim=(2, 3)) / pos_w.clamp_min(tiny)
+    neg = -((1 - t) * torch.log1p(-s)).sum(dim=(2, 3)) / neg_w.clamp_min(tiny)
+    per_map = torch.where(pos_w > tiny, 0.5 * (pos + neg), neg)
+    return per_map.mean()

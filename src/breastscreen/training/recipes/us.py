@@ -14,7 +14,10 @@ Recipe (defaults; every value can be overridden with ``KEY=VALUE``):
   (ranges scaled by ``recipe.augment_strength``), bilinear resize to ``input_size``,
   per-image standardisation; validation and ``predict``: resize only;
 * loss = BCE(benign) + BCE(malignant) + ``recipe.beta`` * sum_k |A_k|
-  (:func:`~breastscreen.training.losses.us_mil_loss`);
+  (:func:`~breastscreen.training.losses.us_mil_loss`); with ``recipe.lesion_weight`` > 0 (not
+  in the paper) plus that weight times a class-balanced BCE between each saliency map and its
+  class's lesion masks (:func:`~breastscreen.training.losses.us_lesion_loss`) on the training
+  images that carry masks (``images[].masks`` in the manifest), moved by the same augmentation;
 * Adam with ``lr`` and L2 ``weight_decay`` (paper search mid-points);
 * selection/early stopping on ``val_auroc_malignant`` (the paper keeps each trial's epoch with
   the best validation AUROC). Also reported: ``val_auroc_benign`` and ``val_loss``.
@@ -40,7 +43,7 @@ from breastscreen.training.bag_dataset import BagDataset, ImageCache, build_cach
 from breastscreen.training.config import TrainConfig, bounded
 from breastscreen.training.datasets import describe_exams, load_exams
 from breastscreen.training.loop import DistInfo, EvalContext, TrainTask
-from breastscreen.training.losses import US_BENIGN, US_MALIGNANT, us_mil_loss
+from breastscreen.training.losses import US_BENIGN, US_MALIGNANT, us_lesion_loss, us_mil_loss
 from breastscreen.training.recipes import Recipe, register_recipe
 from breastscreen.training.recipes.common import build_model
 
@@ -70,6 +73,7 @@ class USOptions:
     augment_strength: float = bounded(1.0, ge=0, le=1)  # 1 = the paper's ranges; smaller = milder
     remove_annotations: bool = True  # inpaint burned-in calipers/text before the crop (new models)
     crop: str = "safe"  # field-of-view crop: "safe" (never cuts tissue) or "v1" (legacy models)
+    lesion_weight: float = bounded(0.0, ge=0)  # weight of the lesion-mask saliency term (0 = the paper's weak labels)
     data_description: str = ""
 
 
@@ -128,7 +132,10 @@ def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
         raise BreastscreenError(f"recipe options do not make a valid ultrasound spec: {exc}") from None
     cache = _cache_for(train_breasts + val_breasts, spec, opts.cache_path)
     train_set = BagDataset(train_breasts, cache, spec, train=opts.augment, seed=cfg.seed,
-                           max_images=opts.max_images or None)
+                           max_images=opts.max_images or None, lesion_masks=opts.lesion_weight > 0)
+    if opts.lesion_weight > 0 and not any(x is not None for bag in train_set.lesions for x in bag):
+        raise BreastscreenError(f"{cfg.manifest}: recipe.lesion_weight > 0 needs lesion masks in the training "
+                                "manifest (images[].masks), and none was found")
     val_set = BagDataset(val_breasts, cache, spec, train=False)
     labels = np.array([b.targets for b in train_set.breasts])
     if labels[:, US_MALIGNANT].min() == labels[:, US_MALIGNANT].max():
@@ -137,7 +144,10 @@ def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
     def compute_loss(m: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         mask = batch["mask"].to(device)
         out = m(batch["images"].to(device), mask)
-        return us_mil_loss(out, batch["labels"].to(device), mask, opts.beta)[0]
+        loss = us_mil_loss(out, batch["labels"].to(device), mask, opts.beta)[0]
+        if opts.lesion_weight > 0:
+            loss = loss + opts.lesion_weight * us_lesion_loss(out["saliency"], batch["lesions"], batch["lesion_known"])
+        return loss
 
     def val_forward(m: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> list[Any]:
         mask = batch["mask"].to(device)
@@ -168,7 +178,8 @@ def build_us(cfg: TrainConfig, info: DistInfo, member: int | None) -> TrainTask:
                           + f"8-bit field-of-view crop ({opts.crop}), area resize to prepare_size, bilinear resize "
                           "to input_size, per-image standardisation"),
         "labels": ["benign", "malignant"],
-        "recipe": {"beta": opts.beta, "top_t": opts.top_t, "augment_strength": opts.augment_strength},
+        "recipe": {"beta": opts.beta, "top_t": opts.top_t, "augment_strength": opts.augment_strength,
+                   "lesion_weight": opts.lesion_weight},
         "training_data": {**describe_exams(load_exams(cfg.manifest), cfg.manifest),
                           "n_breasts": len(train_set), "description": opts.data_description},
     }
