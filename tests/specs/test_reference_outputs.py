@@ -34,24 +34,29 @@ def inputs(tmp_path_factory):
     return {"mammo": mammo[0], "us": us[0]}
 
 
-def _input_digest(inputs: dict) -> str:
-    """SHA-256 over the pixels of every generated input image, in a fixed order.
+def _input_thumbnails(inputs: dict) -> dict[str, list[list[float]]]:
+    """8x8 block means of every generated input image, keyed ``modality/view/k``.
 
     The phantoms draw burned-in text with OpenCV's Hershey fonts, whose rasterisation changed
-    between OpenCV 5.0 and 5.1; a changed digest means the inputs, not the models, moved.
+    between OpenCV 5.0 and 5.1, so a changed thumbnail means the inputs, not the models, moved.
+    Not an exact digest: OpenCV's SIMD paths (AVX2 vs AVX-512) round a few mammogram pixels
+    differently (by one grey level), which moves a block mean by far less than a redrawn glyph.
     """
-    import hashlib
-
     import cv2
 
-    digest = hashlib.sha256()
+    out = {}
     for key in sorted(inputs):
         exam = inputs[key]
         for view in sorted(exam.views):
-            for ref in exam.views[view]:
-                pixels = cv2.imread(str(ref.path), cv2.IMREAD_UNCHANGED)
-                digest.update(view.encode() + pixels.tobytes())
-    return digest.hexdigest()
+            for k, ref in enumerate(exam.views[view]):
+                pixels = cv2.imread(str(ref.path), cv2.IMREAD_UNCHANGED).astype(np.float64)
+                rows = np.array_split(np.arange(pixels.shape[0]), 8)
+                cols = np.array_split(np.arange(pixels.shape[1]), 8)
+                out[f"{key}/{view}/{k}"] = [[round(float(pixels[np.ix_(r, c)].mean()), 4) for c in cols] for r in rows]
+    return out
+
+
+INPUT_TOLERANCE = 0.5  # grey levels of a block mean
 
 
 def _outputs(name: str, inputs: dict) -> dict:
@@ -80,7 +85,7 @@ def _bundled() -> list[str]:
     return sorted(b.name for b in list_bundled())
 
 
-INPUTS_KEY = "_inputs_sha256"
+INPUTS_KEY = "_inputs_thumbnails"
 
 
 def test_every_bundled_model_has_a_reference():
@@ -88,18 +93,23 @@ def test_every_bundled_model_has_a_reference():
 
 
 def test_reference_inputs_are_the_pinned_ones(inputs):
-    """The synthetic inputs must be pixel-identical to those the references were made from."""
+    """The synthetic inputs must be those the references were made from (block means within tolerance)."""
     import cv2
 
-    got = _input_digest(inputs)
+    got = _input_thumbnails(inputs)
     if WRITE:
         stored = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
+        stored.pop("_inputs_sha256", None)
         stored[INPUTS_KEY] = got
         REFERENCE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
         return
-    assert json.loads(REFERENCE.read_text()).get(INPUTS_KEY) == got, (
-        f"the synthetic reference inputs changed (OpenCV {cv2.__version__} draws them differently from the "
-        "pinned version in the Makefile); model outputs below are not comparable")
+    expected = json.loads(REFERENCE.read_text()).get(INPUTS_KEY)
+    assert expected is not None and set(expected) == set(got)
+    worst = max(float(np.abs(np.asarray(got[k]) - np.asarray(expected[k])).max()) for k in got)
+    assert worst <= INPUT_TOLERANCE, (
+        f"the synthetic reference inputs changed by {worst:.2f} grey levels in a block mean (OpenCV "
+        f"{cv2.__version__} draws them differently from the pinned version in the Makefile); model outputs below "
+        "are not comparable")
 
 
 @pytest.mark.parametrize("name", _bundled())

@@ -22,6 +22,11 @@ def preprocess_command(
     allow_outside_paths: bool = typer.Option(
         False, "--allow-outside-paths", help="Accept image paths outside the manifest's folder (and its roots file)."
     ),
+    us_preparation: str = typer.Option(
+        "safe", "--us-preparation",
+        help="Ultrasound: 'safe' = burned-in annotations removed, then a field-of-view crop that never cuts tissue "
+             "(models trained by this version, e.g. us-busbra-mil); 'legacy' = the v1 crop, annotations kept.",
+    ),
 ) -> None:
     """Crop, orient and resample mammograms (and crop ultrasound images) for the models.
 
@@ -31,7 +36,8 @@ def preprocess_command(
 
     Writes 16-bit PNGs, breast masks, moved lesion masks, a new manifest recording the crop box,
     flip, resample factor and windows of every image (so results map back to the original
-    pixels), and errors.csv. Exit status: 0 when every exam succeeded, 1 when some exams failed
+    pixels), and errors.csv. A model whose preparation differs from the stored one (e.g. a legacy
+    ultrasound model given --us-preparation safe output) prepares the original image again. Exit status: 0 when every exam succeeded, 1 when some exams failed
     (the others are still written), 2 on unusable input or when no exam succeeded. With --resume,
     an image is preprocessed again when its source file's size or modification time changed.
 
@@ -66,6 +72,7 @@ def preprocess_command(
             suppress_background=not keep_background,
             progress=lambda _o: bar.advance(task),
             input_problems=refused,
+            us_preparation=us_preparation,
         )
     failed = sorted({row["exam_id"] or row["path"] for row in issues if row["status"] == "failed"})
     excluded = sum(1 for row in issues if row["status"] == "excluded")

@@ -117,10 +117,12 @@ def source_stat(path: str | os.PathLike[str]) -> dict[str, int]:
     return {"source_size": int(st.st_size), "source_mtime_ns": int(st.st_mtime_ns)}
 
 
-def _reusable(prior: ImageRef, image: ImageRef, scale: float) -> bool:
-    """Is the earlier output ``prior`` still valid for source ``image`` at ``scale``?"""
+def _reusable(prior: ImageRef, image: ImageRef, scale: float, us_prep: str | None = None) -> bool:
+    """Is the earlier output ``prior`` still valid for source ``image`` at ``scale`` (and ultrasound preparation)?"""
     rec = prior.preprocessing or {}
     if rec.get("scale", scale) != scale or not _outputs_exist(prior):
+        return False
+    if us_prep is not None and rec.get("us_preparation", "legacy") != us_prep:
         return False
     # Records written before the source size/mtime were stored cannot be checked: redo them.
     now = source_stat(image.path)
@@ -181,16 +183,20 @@ def _preprocess_mg(image: ImageRef, view: str, stem: str, img_dir: Path, scale: 
     return ImageRef(str(out_path.resolve()), None, (sp, sp), masks, rois, rec, dict(image.meta))
 
 
-def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef | None, str | None, str]:
+def _preprocess_us(image: ImageRef, stem: str, img_dir: Path,
+                   preparation: str = "safe") -> tuple[ImageRef | None, str | None, str]:
     """Returns (new image or None when excluded, exclusion reason, pixel hash)."""
     from breastscreen.data.readers import load_image
 
     stat = source_stat(image.path)
     data = load_image(image.path, frame=image.frame)
     digest = ultrasound.pixel_hash(data.pixels)
+    crop_mode, annotations = ultrasound.us_preparation(preparation)
     try:
-        # The model's preparation step (breastscreen.specs.us): 8-bit field-of-view crop.
-        crop, rec = ultrasound.fov_crop_uint8(data.pixels, name=image.path)
+        # The model's preparation step (breastscreen.specs.us): annotation removal and the
+        # 8-bit field-of-view crop, as the named preparation does them.
+        crop, rec = ultrasound.fov_crop_uint8(data.pixels, name=image.path, crop=crop_mode, annotations=annotations,
+                                              rgb=data.colour)
     except ultrasound.ExcludedImage as exc:
         return None, str(exc), digest
     out_path = img_dir / f"{stem}.png"
@@ -211,6 +217,7 @@ def _preprocess_us(image: ImageRef, stem: str, img_dir: Path) -> tuple[ImageRef 
         breast_mask_path=str(mask_path.resolve()),
         resample=1.0,
         rois_dropped=len(image.rois) - len(rois),
+        us_preparation=preparation,
         **stat,
     )
     if image.frame is not None:
@@ -234,6 +241,7 @@ def preprocess_exam(
     prior: dict[tuple[str, int | None], ImageRef] | None = None,
     suppress_background: bool = True,
     name: str | None = None,
+    us_preparation: str = "safe",
 ) -> ExamOutcome:
     """Preprocess every image of one exam; any failing image makes the exam fail (never raises for data).
 
@@ -252,7 +260,8 @@ def preprocess_exam(
         for k, image in enumerate(images):
             stem = _stem(fname, view, k)
             reused = (prior or {}).get(_source_key(image))
-            if reused is not None and _reusable(reused, image, scale):
+            us_prep = us_preparation if exam.modality is Modality.US else None
+            if reused is not None and _reusable(reused, image, scale, us_prep):
                 views[view].append(reused)
                 warning = _spacing_warning(exam.exam_id, view, image, reused)
                 if warning:
@@ -260,7 +269,7 @@ def preprocess_exam(
                 continue
             try:
                 if exam.modality is Modality.US:
-                    new, excluded, digest = _preprocess_us(image, stem, img_dir)
+                    new, excluded, digest = _preprocess_us(image, stem, img_dir, us_preparation)
                     outcome.hashes.append((view, len(views[view]), digest))
                     if new is None:
                         outcome.issues.append(dict(exam_id=exam.exam_id, view=view, path=image.path,
@@ -330,12 +339,15 @@ def preprocess_manifest(
     suppress_background: bool = True,
     progress: Callable[[ExamOutcome], None] | None = None,
     input_problems: Sequence[tuple[str, str]] = (),
+    us_preparation: str = "safe",
 ) -> tuple[list[Exam], list[dict[str, str]]]:
     """Preprocess every exam into ``out_dir``; write ``manifest.jsonl`` and ``errors.csv`` there.
 
     Returns ``(exams_out, issues)``. ``issues`` rows have exam_id, view, path, status
     (``failed``: the exam was left out; ``excluded``: one ultrasound image was dropped by
-    the zero-pixel or duplicate rule) and reason. ``on_error="raise"`` raises
+    the zero-pixel or duplicate rule) and reason. Ultrasound images are prepared as
+    ``us_preparation`` names (:func:`~breastscreen.preprocess.ultrasound.us_preparation`; recorded
+    per image, and a resume redoes images prepared another way). ``on_error="raise"`` raises
     :class:`PreprocessError` for the first failed exam instead. An existing manifest in
     ``out_dir`` is refused unless ``resume`` (images already done are reused while their
     source file keeps the size and modification time recorded as ``source_size`` and
@@ -349,6 +361,7 @@ def preprocess_manifest(
         raise PreprocessError(f"--scale must be > 0, got {scale}")
     if workers < 1:
         raise PreprocessError(f"--workers must be >= 1, got {workers}")
+    ultrasound.us_preparation(us_preparation)  # a bad name fails before anything is written
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     out = Path(out_dir)
@@ -377,10 +390,11 @@ def preprocess_manifest(
 
     if workers == 1:
         for exam in todo:
-            _done(preprocess_exam(exam, out, scale, prior, suppress_background, names[exam.exam_id]))
+            _done(preprocess_exam(exam, out, scale, prior, suppress_background, names[exam.exam_id], us_preparation))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(preprocess_exam, e, out, scale, prior, suppress_background, names[e.exam_id]): e
+            futures = {pool.submit(preprocess_exam, e, out, scale, prior, suppress_background, names[e.exam_id],
+                                   us_preparation): e
                        for e in todo}
             for fut in as_completed(futures):
                 try:

@@ -418,7 +418,8 @@ def fov_crop_uint8(raw: np.ndarray, *, name: str | None = None,
     cue; taken from ``raw`` when it is RGB); the record then says ``annotations_removed``.
     Raises :class:`ExcludedImage` for an image the paper's rules exclude (mostly zero pixels,
     counted before any inpainting) and :class:`PreprocessError` when no field of view is
-    found. ``breastscreen preprocess`` stores this crop (defaults: the legacy ``"v1"`` crop).
+    found. ``breastscreen preprocess`` stores this crop (``--us-preparation``: ``safe`` by default,
+    or ``legacy``); the function's own defaults are the legacy ``"v1"`` crop without removal.
     """
     raw_arr = np.asarray(raw)
     if rgb is None and raw_arr.ndim == 3 and raw_arr.shape[-1] in (3, 4):
@@ -439,8 +440,28 @@ def fov_crop_uint8(raw: np.ndarray, *, name: str | None = None,
         raise PreprocessError(f"{name or 'image'}: empty-crop: no field of view found")
     if removed is not None:
         record.update(annotations_removed=True, annotation_marks=removed.n_marks,
-                      annotation_pixels=int(removed.inpainted.sum()))
+                      annotation_pixels=int(removed.inpainted.sum()),
+                      annotation_params=annotations.model_dump(mode="json"))
     return out, record
+
+
+US_PREPARATIONS = ("safe", "legacy")
+
+
+def us_preparation(name: str) -> tuple[str, Any]:
+    """``(crop mode, AnnotationParams or None)`` of a named preparation of ``breastscreen preprocess``.
+
+    ``"safe"``: burned-in annotations removed (default parameters), then the crop that never cuts
+    tissue, as ``breastscreen train us`` prepares new models (the bundled ``us-busbra-mil``);
+    ``"legacy"``: the v1 crop with annotations kept, as models trained before those two existed.
+    """
+    from breastscreen.preprocess.us_annotations import AnnotationParams
+
+    if name == "safe":
+        return "safe", AnnotationParams()
+    if name == "legacy":
+        return "v1", None
+    raise PreprocessError(f"--us-preparation must be one of {', '.join(US_PREPARATIONS)}, got {name!r}")
 
 
 def resize_area(crop_u8: np.ndarray, size: int) -> np.ndarray:

@@ -7,7 +7,8 @@ field-of-view crop ``crop`` (``"v1"``: the legacy crop every existing checkpoint
 with; ``"safe"``: never cuts tissue) (images with > 80 % zero pixels or no field of view are
 excluded) -> area resize to ``prepare_size`` x ``prepare_size`` uint8. An image that
 ``breastscreen preprocess`` already cropped (its record has ``crop_box``) is only resized when
-its record matches the spec's crop and annotation removal; otherwise it is prepared again
+its record matches the spec's crop and annotation removal (with the same parameters);
+otherwise it is prepared again
 from the record's ``source_path`` (refused when that file is gone). Exact duplicates inside
 one bag are dropped (the later copy). The defaults (``remove_annotations=False``,
 ``crop="v1"``) keep every existing checkpoint's inputs unchanged; ``breastscreen train us``
@@ -62,8 +63,13 @@ class USSpec(ModelSpec):
 
     def _matches(self, record: dict[str, Any]) -> bool:
         """True when a ``breastscreen preprocess`` record was made the way this spec prepares."""
-        return (record.get("crop_mode", "v1") == self.crop
-                and bool(record.get("annotations_removed", False)) == self.remove_annotations)
+        if record.get("crop_mode", "v1") != self.crop:
+            return False
+        if not self.remove_annotations:
+            return not record.get("annotations_removed", False)
+        # removed with these very parameters (records without them are prepared again)
+        return bool(record.get("annotations_removed")) and \
+            record.get("annotation_params") == self.annotation_params.model_dump(mode="json")
 
     def prepare(self, image: ImageLike) -> PreparedImage:
         """One image ready for :meth:`bag_input`; raises PreprocessError when the rules exclude it."""
