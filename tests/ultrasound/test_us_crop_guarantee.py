@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -84,11 +85,20 @@ def test_minimum_over_images_with_skipped_ones_listed(tmp_path):
     assert r["crop_min_lesion_fraction"] == pytest.approx(0.5)
     assert r["n_images"] == 2 + 1 and r["n_below_1"] == 1  # a, b, d measured; c (size) skipped
     assert r["mean_lesion_fraction"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
-    assert r["worst"][0]["image"].endswith("a.png") and r["crop"] == "safe" and r["annotations_removed_first"]
+    # named relative to the folder the images share: no machine's absolute paths in a results file
+    assert r["worst"][0]["image"] == "a.png" and r["crop"] == "safe" and r["annotations_removed_first"]
+    assert {w["image"] for w in r["worst"]} == {"a.png", "b.png", "d.png"} and r["skipped"][0]["image"] == "c.png"
     assert [s["reason"].split(":")[0] for s in r["skipped"]] == ["mask-shape"]
     c = cached_crop_check(exams, USSpec(crop="safe"), tmp_path / "cg.json")
     assert c == cached_crop_check(exams, USSpec(crop="safe"), tmp_path / "cg.json")
     assert c["crop_min_lesion_fraction"] == pytest.approx(0.5)
+    # a cache written with absolute names (before they were made relative) is reported relative
+    cached = json.loads((tmp_path / "cg.json").read_text())
+    for row in cached["result"]["worst"]:
+        row["image"] = str(tmp_path / "d" / row["image"])
+    (tmp_path / "cg.json").write_text(json.dumps(cached))
+    again = cached_crop_check(exams, USSpec(crop="safe"), tmp_path / "cg.json")
+    assert [w["image"] for w in again["worst"]] == [w["image"] for w in c["worst"]]
 
 
 def test_real_busbra_images_lose_no_lesion_pixel(shared_data):

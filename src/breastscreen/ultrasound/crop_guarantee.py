@@ -20,6 +20,7 @@ print(busbra_crop_check('../shared/data/bus-bra')['crop_min_lesion_fraction'])"
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -69,10 +70,28 @@ def lesion_fraction_kept(pixels: np.ndarray, lesion: np.ndarray, spec: USSpec, c
     return float((les & kept_mask(pixels, spec, colour, name)).sum() / les.sum())
 
 
+def relative_names(names: Sequence[str]) -> list[str]:
+    """Absolute image paths relative to the folder they all share (so that a results file holds no
+    machine's paths); other names are returned unchanged."""
+    names = list(names)
+    if not names or not all(os.path.isabs(n) for n in names):
+        return names
+    root = os.path.commonpath(names)
+    if root in names:  # one image (or one repeated): keep its file name
+        root = os.path.dirname(root)
+    return [os.path.relpath(n, root) for n in names]
+
+
 def summarise_fractions(fractions: Sequence[tuple[str, float]], skipped: Sequence[tuple[str, str]],
                         spec: USSpec) -> dict[str, Any]:
-    """``crop_min_lesion_fraction`` and details from per-image ``(image, fraction)`` pairs."""
+    """``crop_min_lesion_fraction`` and details from per-image ``(image, fraction)`` pairs.
+
+    Absolute image paths are reported relative to the folder they all share.
+    """
     vals = np.array([f for _, f in fractions], float)
+    names = relative_names([i for i, _ in fractions] + [i for i, _ in skipped])
+    fractions = [(n, f) for n, (_, f) in zip(names, fractions)]
+    skipped = [(n, r) for n, (_, r) in zip(names[len(fractions):], skipped)]
     worst = sorted(fractions, key=lambda p: (p[1], p[0]))[:5]
     return {
         "crop_min_lesion_fraction": float(vals.min()) if vals.size else None,
@@ -128,7 +147,13 @@ def cached_crop_check(exams: Sequence[Exam], spec: USSpec, path: str | Path,
         try:
             old = json.loads(path.read_text())
             if old.get("key") == key:
-                return old["result"]
+                result = old["result"]
+                # caches written before names were made relative
+                for field in ("worst", "skipped"):
+                    rows = result.get(field, [])
+                    for row, name in zip(rows, relative_names([r["image"] for r in rows])):
+                        row["image"] = name
+                return result
         except (OSError, ValueError, KeyError):
             pass
     result = crop_lesion_fractions(exams, spec, log)
