@@ -13,7 +13,13 @@ fold ran; its results go to their own file until every fold is done):
 
     python benchmarks/busbra_cv.py --protocol v4 --data ../shared/data/bus-bra --work scratch/busbra-v4 \
         --out benchmarks/results/busbra_cv_v4.json \
-        --predictions benchmarks/results/busbra_cv_v4_predictions.csv --jobs 2 --threads 1
+        --predictions benchmarks/results/busbra_cv_v4_predictions.csv --jobs 2 --threads 1 \
+        --archive benchmarks/results/busbra_cv_v4_folds
+
+On two CPU cores a fold takes about two hours, longer than the scratch folder lives; --archive keeps
+each finished fold (record, held-out predictions, and the float16 weights of the best fold so far)
+in a committed folder and restores it on the next run, so the CV finishes over several sessions.
+`--archive-only` archives the folds a run without --archive finished.
 
 The replaced protocol v2 (benchmarks/results/busbra_cv_v2.json, seed 0 of four planned):
 
@@ -215,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="scratch folder for the fold runs (not committed)")
     ap.add_argument("--out", default=None, help="results JSON")
     ap.add_argument("--predictions", default=None, help="also write the pooled held-out predictions CSV here")
+    ap.add_argument("--archive", default=None,
+                    help="committed folder keeping each finished fold (record, predictions, best weights) so that "
+                         "the run can finish over several sessions; archived folds are not trained again")
+    ap.add_argument("--archive-only", action="store_true",
+                    help="with --work and --archive: archive the folds finished in --work and exit")
     ap.add_argument("--final-model", default=None, help="copy the selected fold model (.safetensors) here")
     ap.add_argument("--width", type=int, default=None, help="ResNet-18 base width (paper: 64; v2: 32)")
     ap.add_argument("--input-size", type=int, default=None, help="input pixels (paper: 256; v2: 160)")
@@ -276,6 +287,15 @@ def main(argv: list[str] | None = None) -> int:
             f"({result['n_below_1']} below 1; crop {result['crop']}, annotations removed first: "
             f"{result['annotations_removed_first']})")
         return 0
+    if args.archive_only:
+        if not args.work or not args.archive:
+            ap.error("--archive-only needs --work and --archive")
+        from breastscreen.ultrasound.busbra import environment
+        from breastscreen.ultrasound.fold_archive import archive_finished
+
+        added = archive_finished(args.work, args.archive, environment(), log)
+        log(f"archived {len(added)} fold(s): {', '.join(added) or 'none new'}")
+        return 0
     if not args.work or not args.out:
         ap.error("--work and --out are required")
     command = "python benchmarks/busbra_cv.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -287,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         normals = NormalCropRules()
     summary = run_busbra_cv(args.data, args.work, overrides, folds=c["folds"], val_fraction=c["val_fraction"],
                             n_boot=c["bootstrap"], log=log, seeds=c["seeds"], normals=normals, jobs=args.jobs,
-                            threads=args.threads)
+                            threads=args.threads, archive=args.archive)
     summary["setup"]["command"] = command
     planned = c["seeds"] if v3 or not args.planned_seeds else [int(x) for x in args.planned_seeds.split(",")]
     summary["setup"]["seeds_planned"] = planned

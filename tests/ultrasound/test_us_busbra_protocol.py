@@ -142,7 +142,8 @@ def test_runner_with_normals_in_two_worker_processes(tmp_path):
     overrides = ["model=us-mil-tiny", "recipe.input_size=64", "recipe.prepare_size=72", "epochs=1", "batch_size=4",
                  "patience=0", "device=cpu", "recipe.remove_annotations=true", "recipe.crop=safe"]
     s = run_busbra_cv(tmp_path / "bb", tmp_path / "work", overrides, folds=(1, 2), val_fraction=0.3, n_boot=20,
-                      normals=NormalCropRules(margin_px=4, min_side_px=32), jobs=2, threads=1)
+                      normals=NormalCropRules(margin_px=4, min_side_px=32), jobs=2, threads=1,
+                      archive=tmp_path / "archive")
     assert s["setup"]["n_breasts"] == 24 and s["setup"]["n_normal_bags"] == 24
     assert s["pooled"]["malignant"]["n"] == 24 and s["lesion_vs_normal"]["n_normal_bags"] == 24
     assert 0.0 <= s["lesion_vs_normal_auroc"] <= 1.0 and 0.0 <= s["pointing_game"] <= 1.0
@@ -154,3 +155,15 @@ def test_runner_with_normals_in_two_worker_processes(tmp_path):
     again = run_busbra_cv(tmp_path / "bb", tmp_path / "work", overrides, folds=(1, 2), val_fraction=0.3, n_boot=20,
                           normals=NormalCropRules(margin_px=4, min_side_px=32))
     assert again["single_model"] == s["single_model"]  # resumed from the finished folds
+    # a later session: the scratch folder is gone, the committed archive restores both folds untrained
+    archive = tmp_path / "archive"
+    assert sorted(p.name for p in archive.glob("fold-*/predictions.csv")) == ["predictions.csv"] * 2
+    best = json.loads((archive / "best.json").read_text())
+    assert best["val_auroc_malignant"] == max(s["per_fold"][k]["val_auroc_malignant"] for k in ("1", "2"))
+    later = run_busbra_cv(tmp_path / "bb", tmp_path / "work2", overrides, folds=(1, 2), val_fraction=0.3, n_boot=20,
+                          normals=NormalCropRules(margin_px=4, min_side_px=32), archive=archive)
+    assert later["single_model"] == s["single_model"] and later["pointing_game"] == s["pointing_game"]
+    assert not (tmp_path / "work2/fold-1/run").exists() and not (tmp_path / "work2/fold-2/run").exists()
+    assert later["setup"]["fold_archive"]["restored_folds"] == ["fold-1", "fold-2"]
+    assert Path(later["setup"]["final_model"]["checkpoint"]) == archive / "best.safetensors"
+    assert later["setup"]["final_model"]["fold"] == s["setup"]["final_model"]["fold"]

@@ -332,10 +332,20 @@ def summarise_cv(
     return out
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     """Where the numbers were produced (device, threads, versions)."""
     return {
-        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({_cpu_model()})",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -354,6 +364,7 @@ def run_busbra_cv(
     normals: NormalCropRules | None = None,
     jobs: int = 1,
     threads: int = 1,
+    archive: str | Path | None = None,
 ) -> dict[str, Any]:
     """The whole experiment: adapter -> per-fold manifests -> ``train us`` -> Predictor -> summary dict.
 
@@ -368,6 +379,11 @@ def run_busbra_cv(
     each in the fold of its source image. ``jobs`` > 1 trains folds in that many worker processes
     with ``threads`` threads each. The crop guarantee of the spec the overrides make is measured
     once (``work_dir/crop_guarantee.json``) and reported as ``crop_min_lesion_fraction``.
+
+    ``archive`` (a folder meant to be committed; see :mod:`breastscreen.ultrasound.fold_archive`)
+    keeps each finished fold as soon as it finishes, and folds found there are restored into
+    ``work_dir`` instead of being trained again: a run can span sessions whose scratch folders
+    are lost.
     """
     from breastscreen.data.adapters import adapt_bus_bra
     from breastscreen.data.bags import breasts_from_exams
@@ -402,8 +418,19 @@ def run_busbra_cv(
     if jobs > 1:
         prebuild_cache(breasts, spec, work / "prepared_cache.npz", log)
     seeds = list(seeds) or [0]
+    on_done = None
+    restored: list[str] = []
+    if archive is not None:
+        from breastscreen.ultrasound.fold_archive import archive_finished, archive_fold, restore_folds
+
+        env = environment()
+        archive_finished(work, archive, env, log)  # finished before an interruption, not archived yet
+        restored = restore_folds(archive, work, log)
+
+        def on_done(fold_dir: Path) -> None:
+            archive_fold(fold_dir, work, archive, env, log)
     tasks = [(f, (work if seed == 0 else work / f"seed{seed}") / f"fold-{f}", seed) for seed in seeds for f in folds]
-    done = run_folds(tasks, breasts, exams, overrides, val_fraction, normal_ids, jobs, threads, log)
+    done = run_folds(tasks, breasts, exams, overrides, val_fraction, normal_ids, jobs, threads, log, on_done)
     members: dict[int, list[dict[str, Any]]] = {s: [r for (_, _, ts), r in zip(tasks, done) if ts == s] for s in seeds}
     if len(seeds) == 1:
         results = members[seeds[0]]
@@ -471,6 +498,11 @@ def run_busbra_cv(
     }
     if normals is not None:
         summary["setup"]["n_normal_bags"] = len(normal_ids)
+    if archive is not None:
+        summary["setup"]["fold_archive"] = {
+            "folder": str(archive), "restored_folds": restored,
+            "note": "restored folds were trained in an earlier session (their machine is in each archived "
+                    "fold_result.json); wall_seconds counts this session only"}
     return summary
 
 

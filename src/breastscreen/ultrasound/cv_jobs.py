@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -74,20 +74,35 @@ def _worker_log(msg: str) -> None:
 
 def run_folds(tasks: Sequence[tuple[int, Path, int]], breasts: Sequence[Breast], exams: Sequence[Exam],
               overrides: Sequence[str], val_fraction: float, normal_ids: frozenset[str], jobs: int = 1,
-              threads: int = 1, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run :func:`~breastscreen.ultrasound.busbra.run_fold` for every ``(fold, fold_dir, seed)``; results in task order."""
+              threads: int = 1, log: Callable[[str], None] | None = None,
+              on_done: Callable[[Path], None] | None = None) -> list[dict[str, Any]]:
+    """Run :func:`~breastscreen.ultrasound.busbra.run_fold` for every ``(fold, fold_dir, seed)``; results in task order.
+
+    ``on_done(fold_dir)`` is called in this process as soon as each fold has finished (e.g. to
+    archive it), not only when all have.
+    """
     from breastscreen.errors import BreastscreenError
     from breastscreen.ultrasound.busbra import run_fold
 
     if jobs < 1 or threads < 1:
         raise BreastscreenError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
     if jobs == 1:
-        return [run_fold(f, breasts, exams, d, overrides, val_fraction, s, log, normal_ids) for f, d, s in tasks]
+        results = []
+        for f, d, s in tasks:
+            results.append(run_fold(f, breasts, exams, d, overrides, val_fraction, s, log, normal_ids))
+            if on_done is not None:
+                on_done(d)
+        return results
     # spawn: a forked child would inherit the parent's torch thread pool state.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(run_fold, f, list(breasts), list(exams), d, list(overrides), val_fraction, s,
                                _worker_log, normal_ids) for f, d, s in tasks]
+        if on_done is not None:
+            dirs = {fut: d for fut, (_, d, _) in zip(futures, tasks)}
+            for fut in as_completed(futures):
+                if fut.exception() is None:
+                    on_done(dirs[fut])
         return [fut.result() for fut in futures]
 
 
