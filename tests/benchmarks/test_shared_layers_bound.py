@@ -22,10 +22,23 @@ def slb():
     return module
 
 
-def test_window_origins_every_70_pixels_fall_on_these_phases(slb):
-    assert slb.phases(1) == 1 and slb.phases(2) == 1  # 70 is even; 2294 - 256 = 2038 is even
-    assert slb.phases(4) == 2 and slb.phases(8) == 4 and slb.phases(16) == 8
-    assert slb.phases(4, image_side=256 + 70 * 3 + 1) == 3  # an odd last origin adds a phase
+def test_phases_follow_the_heatmappers_window_placement(slb):
+    from breastscreen.inference.strides import window_offsets
+
+    offsets = window_offsets(2023, 256, 70)
+    assert set(int(d) for d in offsets[1:] - offsets[:-1]) <= {67, 68, 69, 70}  # stride shortened to fit
+    for stride in (2, 4, 8, 16, 32):
+        assert slb.phases(stride, 2023) == len({int(o) % stride for o in offsets})
+    assert slb.phases(1, 2023) == 1 and slb.phases(4, 256 + 4 * 68) == 1  # stride 68 stays on one phase
+
+
+def test_sharing_a_prefix_costs_its_passes_against_the_overlap(slb):
+    shape = (256 + 4 * 68, 256 + 4 * 68)  # 5 x 5 windows at stride 68: one phase per axis for stride 4
+    ov = slb.overlap(shape)
+    assert ov == pytest.approx(25 * 256 ** 2 / shape[0] ** 2)
+    # half of the MACs in the prefix, all its cells reusable, one pass: cost 1 - 0.5 + 0.5 / overlap
+    assert slb.speedup_bound(0.5, 1.0, 4, shape) == pytest.approx(1 / (0.5 + 0.5 / ov))
+    assert slb.speedup_bound(0.5, 0.0, 4, shape) < 1  # nothing reusable: the passes are pure extra work
 
 
 def test_exact_fraction_is_the_cells_a_padded_conv_leaves_alone(slb):
