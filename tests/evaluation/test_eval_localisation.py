@@ -128,3 +128,34 @@ def test_predict_writes_saliency_maps_that_evaluate_reads(tmp_path):
     assert b["original_shapes"] == [[H, W]] and isinstance(b["prepared_size"], int)
     r = localisation_from_predictions(tmp_path / "out" / "predictions.jsonl", tmp_path / "m.jsonl")
     assert r["n_images"] == 3 and 0.0 <= r["mean_iou"] <= 1.0
+
+
+def test_masks_of_a_preprocessed_manifest_give_the_same_localisation(tmp_path):
+    """`breastscreen preprocess` cuts masks to the crop; evaluate --masks puts them back at the crop box."""
+    import torch
+
+    from breastscreen.inference.predict import PredictOptions, predict
+    from breastscreen.models import create_model, save_checkpoint
+    from breastscreen.preprocess.pipeline import preprocess_manifest
+
+    from breastscreen.synthetic.ultrasound import generate_us_cohort
+
+    exams = generate_us_cohort(tmp_path / "c", 6, seed=3, max_images=2, prevalence=0.6, benign_prevalence=0.3)
+    write_manifest(exams, tmp_path / "m.jsonl")
+    pre, _ = preprocess_manifest(exams, tmp_path / "pre")
+    write_manifest(pre, tmp_path / "pre.jsonl")
+    cut = [im for e in pre for _, im in e.iter_images() if im.masks
+           and list(im.preprocessing["crop_box"][2:]) != list(im.preprocessing["original_shape"][::-1])]
+    assert cut  # some masked images are cropped, so their stored masks are smaller than the original
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(create_model("us-mil-tiny", input_size=64), tmp_path / "us.safetensors", {})
+    results = []
+    for name in ("m", "pre"):
+        run = predict(tmp_path / f"{name}.jsonl", [str(ckpt)], tmp_path / f"out-{name}",
+                      PredictOptions(device="cpu", pictures=False))
+        assert run.ok, run.errors
+        results.append(localisation_from_predictions(tmp_path / f"out-{name}" / "predictions.jsonl",
+                                                     tmp_path / f"{name}.jsonl"))
+    raw, done = results
+    assert done["n_images"] == raw["n_images"] > 0
+    assert done["pointing_game"] == raw["pointing_game"] and done["mean_iou"] == pytest.approx(raw["mean_iou"])

@@ -150,3 +150,56 @@ def test_train_us_with_lesion_weight_records_it_and_needs_masks(cohort, tmp_path
     args[3] = str(tmp_path / "train_nomask.jsonl")
     with pytest.raises(BreastscreenError, match="train_nomask.jsonl: recipe.lesion_weight > 0 needs lesion masks"):
         _run([*args, "--out", str(tmp_path / "run2"), "recipe.lesion_weight=1.0"])
+
+
+def test_preprocessed_manifest_gives_the_same_lesion_maps(cohort, tmp_path) -> None:
+    """`breastscreen preprocess` stores masks cut to the crop; supervision must see the same lesion cells."""
+    from breastscreen.preprocess.pipeline import preprocess_manifest
+
+    _, exams = cohort
+    pre, _ = preprocess_manifest(exams, tmp_path / "pre")
+    spec = USSpec(input_size=64, prepare_size=72, remove_annotations=True, crop="safe")
+    raw_b, pre_b = breasts_from_exams(exams, require_labels=True), breasts_from_exams(pre, require_labels=True)
+    assert [b.breast_id for b in raw_b] == [b.breast_id for b in pre_b]
+    masked = [im for b in pre_b for im in b.images if im.masks]
+    assert masked and all(spec._matches(im.preprocessing) for im in masked)  # the stored crop is reused
+    raw = BagDataset(raw_b, build_cache([im for b in raw_b for im in b.images], spec)[0], spec, lesion_masks=True)
+    done = BagDataset(pre_b, build_cache([im for b in pre_b for im in b.images], spec)[0], spec, lesion_masks=True)
+    n = 0
+    for a, b in zip(raw.lesions, done.lesions):
+        for x, y in zip(a, b):
+            assert (x is None) == (y is None)
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+                n += int(x.any())
+    assert n == len(masked)
+
+
+def test_the_lesion_term_is_added_to_the_bag_loss(cohort, tmp_path) -> None:
+    from torch.utils.data import DataLoader
+
+    from breastscreen.training.loop import DistInfo
+    from breastscreen.training.recipes import get_recipe
+    from breastscreen.training.runner import build_config
+    from tests.ultrasound.test_us_training import TINY
+
+    _, exams = cohort
+    write_manifest(exams[:6], tmp_path / "train.jsonl")
+    write_manifest(exams[6:], tmp_path / "val.jsonl")
+    losses, outs = {}, {}
+    for w in (0.0, 2.0):
+        cfg = build_config("us", str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"), str(tmp_path / f"r{w}"),
+                           overrides=[*TINY, "device=cpu", f"recipe.lesion_weight={w}", "recipe.augment=false"])
+        torch.manual_seed(0)
+        task = get_recipe("us").build(cfg, DistInfo(), None)
+        items = [BagDataset(task.train_set.breasts, task.train_set.cache, task.train_set.spec, train=False,
+                            lesion_masks=True)[i] for i in range(4)]
+        batch = collate_bags(items)
+        model = task.model.eval()
+        with torch.no_grad():
+            losses[w] = task.compute_loss(model, batch, torch.device("cpu"))
+            outs[w] = model(batch["images"], batch["mask"])["saliency"]
+    torch.testing.assert_close(outs[0.0], outs[2.0])  # same weights (seed), same inputs
+    extra = us_lesion_loss(outs[2.0], batch["lesions"], batch["lesion_known"])
+    assert bool(batch["lesion_known"].any()) and float(extra) > 0
+    torch.testing.assert_close(losses[2.0] - losses[0.0], 2.0 * extra)

@@ -206,7 +206,9 @@ def localisation_from_predictions(
     one-line :class:`~breastscreen.evaluation.io.EvaluationInputError` naming the file.
     """
     from breastscreen.data.manifest import read_manifest
+    from breastscreen.errors import BreastscreenError
     from breastscreen.evaluation.io import EvaluationInputError
+    from breastscreen.preprocess.pipeline import load_mask_in_original
 
     if label not in ("malignant", "benign"):
         raise ValueError(f"label must be malignant or benign, got {label!r}")
@@ -236,13 +238,13 @@ def localisation_from_predictions(
             sal, box, shape, size = found
             union = None
             for p in paths:
-                arr = cv2.imread(p, cv2.IMREAD_GRAYSCALE)
-                if arr is None:
-                    raise EvaluationInputError(f"{p}: cannot read the lesion mask (listed in {manifest})")
-                if arr.shape != tuple(shape):
-                    raise EvaluationInputError(f"{p}: mask of shape {arr.shape} does not match its image "
-                                               f"{image.path} ({tuple(shape)} in {jsonl})")
-                union = arr > 0 if union is None else union | (arr > 0)
+                try:
+                    arr = load_mask_in_original(p, image, (int(shape[0]), int(shape[1])))
+                except BreastscreenError as exc:
+                    raise EvaluationInputError(f"{exc} (listed in {manifest})") from None
+                except (OSError, ValueError) as exc:
+                    raise EvaluationInputError(f"{p}: cannot read the lesion mask listed in {manifest} ({exc})") from None
+                union = arr if union is None else union | arr
             mask = mask_in_prepared_geometry(union, {"crop_box": box, "original_shape": shape}, size)
             if mask.any():
                 pairs.append((sal, mask))

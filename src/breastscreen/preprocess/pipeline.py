@@ -89,6 +89,32 @@ def load_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
+def load_mask_in_original(path: str, image: ImageRef, shape: tuple[int, int]) -> np.ndarray:
+    """A lesion mask of ``image`` as boolean in the geometry of the original image (``shape``).
+
+    Masks listed by a manifest that ``breastscreen preprocess`` wrote are already cut to the
+    field-of-view crop recorded in ``image.preprocessing`` (``crop_box``, no resampling, as for
+    ultrasound); they are put back at that box. Any other mask must have the original's shape.
+    """
+    from breastscreen.data.readers import load_image
+
+    m = load_image(path).pixels > 0
+    shape = (int(shape[0]), int(shape[1]))
+    if m.shape == shape:
+        return m
+    pre = image.preprocessing or {}
+    box = pre.get("crop_box")
+    if box is not None and float(pre.get("resample", 1.0)) == 1.0 and \
+            [int(v) for v in pre.get("original_shape", ())] == list(shape):
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if m.shape == (y1 - y0, x1 - x0):
+            full = np.zeros(shape, bool)
+            full[y0:y1, x0:x1] = m
+            return full
+    raise PreprocessError(f"{path}: lesion mask shape {m.shape} matches neither its image's original shape "
+                          f"{shape} nor the preprocessing crop of {image.path}")
+
+
 def _stem(name: str, view: str, k: int) -> str:
     """File stem of image ``k`` of ``view``; ``name`` is the exam's safe file name (never the raw id)."""
     return f"{name}_{safe_name(view)}" + (f"_{k}" if k else "")

@@ -243,7 +243,7 @@ def lesion_class_map(image: ImageRef, record: dict[str, Any], size: int,
     if not image.masks:
         return None
     from breastscreen.evaluation.localisation import mask_in_prepared_geometry
-    from breastscreen.preprocess.pipeline import load_mask
+    from breastscreen.preprocess.pipeline import load_mask_in_original
 
     positive = [c for c, t in zip(("benign", "malignant"), targets or ()) if t == 1]
     shape = tuple(int(v) for v in record["original_shape"])
@@ -253,7 +253,7 @@ def lesion_class_map(image: ImageRef, record: dict[str, Any], size: int,
         if label is None:
             return None
         try:
-            region = mask_in_prepared_geometry(load_mask(m.path, shape), record, size)
+            region = mask_in_prepared_geometry(load_mask_in_original(m.path, image, shape), record, size)
         except PreprocessError as exc:
             raise BreastscreenError(str(exc)) from None
         except (OSError, ValueError) as exc:
