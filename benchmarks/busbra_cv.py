@@ -275,6 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_epoch:
         time_epoch(c, args.data, max(args.jobs, 1), log)
         return 0
+    if args.archive_only:
+        if not args.work or not args.archive:
+            ap.error("--archive-only needs --work and --archive")
+        from breastscreen.ultrasound.busbra import environment
+        from breastscreen.ultrasound.fold_archive import archive_finished, archive_identity, check_identity
+        from breastscreen.ultrasound.normals import NormalCropRules
+
+        check_identity(args.archive, archive_identity(overrides, c["val_fraction"],
+                                                      NormalCropRules().as_dict() if v3 else None), args.work, log)
+        added = archive_finished(args.work, args.archive, environment(), log)
+        log(f"archived {len(added)} fold(s): {', '.join(added) or 'none new'}")
+        return 0
     if not args.data:
         ap.error("--data is required")
     if args.crop_only:
@@ -286,15 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"crop_min_lesion_fraction = {result['crop_min_lesion_fraction']} over {result['n_images']} images "
             f"({result['n_below_1']} below 1; crop {result['crop']}, annotations removed first: "
             f"{result['annotations_removed_first']})")
-        return 0
-    if args.archive_only:
-        if not args.work or not args.archive:
-            ap.error("--archive-only needs --work and --archive")
-        from breastscreen.ultrasound.busbra import environment
-        from breastscreen.ultrasound.fold_archive import archive_finished
-
-        added = archive_finished(args.work, args.archive, environment(), log)
-        log(f"archived {len(added)} fold(s): {', '.join(added) or 'none new'}")
         return 0
     if not args.work or not args.out:
         ap.error("--work and --out are required")
@@ -321,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             w.writerows(rows)
     if args.final_model:
         src = Path(summary["setup"]["final_model"]["checkpoint"])
+        if not src.is_file():
+            raise SystemExit(f"{src}: the selected fold model (fold {summary['setup']['final_model']['fold']}) is "
+                             "not here; --final-model needs its weights (the archive keeps the best fold's)")
         final = summary["setup"]["final_model"]
         export_bundled_model(src, args.final_model, {
             "training_data": f"BUS-BRA, all folds except {final['fold']} (fold {final['fold']} held out)",

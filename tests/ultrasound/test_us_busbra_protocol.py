@@ -167,3 +167,16 @@ def test_runner_with_normals_in_two_worker_processes(tmp_path):
     assert later["setup"]["fold_archive"]["restored_folds"] == ["fold-1", "fold-2"]
     assert Path(later["setup"]["final_model"]["checkpoint"]) == archive / "best.safetensors"
     assert later["setup"]["final_model"]["fold"] == s["setup"]["final_model"]["fold"]
+
+
+def test_archive_only_needs_no_data_and_records_the_protocol(cv, tmp_path):
+    from tests.ultrasound.test_us_fold_archive import _fold
+
+    _fold(tmp_path / "w", 1, 0.7, 0.25)
+    argv = ["--protocol", "v4", "--work", str(tmp_path / "w"), "--archive", str(tmp_path / "a"), "--archive-only"]
+    assert cv.main(argv) == 0
+    assert (tmp_path / "a" / "fold-1" / "fold_result.json").is_file()
+    ident = json.loads((tmp_path / "a" / "identity.json").read_text())
+    assert "recipe.lesion_weight=1.0" in ident["overrides"] and ident["normals"]["margin_px"] > 0
+    with pytest.raises(Exception, match="made with other settings"):
+        cv.main(["--protocol", "v3", *argv[2:]])

@@ -207,7 +207,7 @@ def run_fold(fold: int, breasts: Sequence[Breast], exams: Sequence[Exam], fold_d
         "best_epoch": int(best["epoch"]), "val_auroc_malignant": float(best["val_auroc_malignant"]),
         "epochs_run": len(history), "train_seconds": float(sum(float(h["seconds"]) for h in history)),
         "predict_seconds": time.time() - t0, "localisation": loc,
-        "checkpoint": str(run_dir / "best.safetensors"),
+        "checkpoint": str(run_dir / "best.safetensors"), "environment": environment(),
     }
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
@@ -393,6 +393,14 @@ def run_busbra_cv(
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    if archive is not None:
+        from breastscreen.ultrasound.fold_archive import archive_identity, check_identity
+
+        if len(list(seeds)) > 1:
+            # ensembles re-predict each fold with every seed's weights; the archive keeps one fold's weights
+            raise BreastscreenError("a fold archive holds one model per fold; run several seeds without --archive")
+        check_identity(archive, archive_identity(overrides, val_fraction,
+                                                 None if normals is None else normals.as_dict()), work, log)
     t_start = time.time()
     problems: list[tuple[str, str]] = []
     exams = adapt_bus_bra(root, problems)
@@ -428,7 +436,12 @@ def run_busbra_cv(
         restored = restore_folds(archive, work, log)
 
         def on_done(fold_dir: Path) -> None:
-            archive_fold(fold_dir, work, archive, env, log)
+            # archiving is a side effect: a failure is reported, and the next run's archive_finished catches up
+            try:
+                archive_fold(fold_dir, work, archive, env, log)
+            except (BreastscreenError, OSError, ValueError) as exc:
+                if log is not None:
+                    log(f"archive: could not archive {fold_dir} ({exc}); the fold is kept in the scratch folder")
     tasks = [(f, (work if seed == 0 else work / f"seed{seed}") / f"fold-{f}", seed) for seed in seeds for f in folds]
     done = run_folds(tasks, breasts, exams, overrides, val_fraction, normal_ids, jobs, threads, log, on_done)
     members: dict[int, list[dict[str, Any]]] = {s: [r for (_, _, ts), r in zip(tasks, done) if ts == s] for s in seeds}
@@ -472,8 +485,10 @@ def run_busbra_cv(
     summary["crop_guarantee"] = {k: v for k, v in crop_check.items() if k != "skipped"}
     if normals_summary is not None:
         summary["normals"] = normals_summary
+    from breastscreen.ultrasound.fold_archive import best_index
+
     candidates = [(s, m) for s in seeds for m in members[s]]
-    best_seed, best = max(candidates, key=lambda c: c[1]["val_auroc_malignant"])
+    best_seed, best = candidates[best_index([m for _, m in candidates])]
     best_rows = lesion_rows(best["rows"])
     best_test_auroc = roc_auc(np.array([r["malignant"] for r in best_rows]), np.array([r["p_malignant"] for r in best_rows]))
     summary["setup"] = {
