@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,10 @@ def test_legacy_output_is_refused_by_a_safe_model_and_resume_redoes_another_prep
     # a resume under the other preparation redoes every image rather than reusing legacy crops
     again, _ = preprocess_manifest(us_exams, out, resume=True, us_preparation="safe")
     assert all(im.preprocessing["us_preparation"] == "safe" for im in _images(again))
+    stamps = {im.path: os.stat(im.path).st_mtime_ns for im in _images(again)}
+    time.sleep(0.05)  # a redone image would get a later modification time
     kept, _ = preprocess_manifest(us_exams, out, resume=True, us_preparation="safe")
-    assert [im.path for im in _images(kept)] == [im.path for im in _images(again)]
+    assert {im.path: os.stat(im.path).st_mtime_ns for im in _images(kept)} == stamps  # reused, not redone
 
 
 def test_cli_option_and_a_bad_name(us_exams, tmp_path: Path) -> None:
@@ -84,3 +87,19 @@ def test_cli_option_and_a_bad_name(us_exams, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["preprocess", str(m), "--out", str(tmp_path / "bad"), "--us-preparation", "v2"])
     assert isinstance(r.exception, PreprocessError) and "--us-preparation must be one of safe, legacy" in str(r.exception)
     assert not (tmp_path / "bad").exists()
+
+
+def test_resume_redoes_safe_outputs_made_with_other_removal_parameters(us_exams, tmp_path) -> None:
+    import json
+
+    out = tmp_path / "pre"
+    preprocess_manifest(us_exams, out)
+    manifest = out / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:  # as an older version with another default would have recorded them
+        for images in row["views"].values():
+            for im in images:
+                im["preprocessing"]["annotation_params"]["max_stroke_px"] = 99
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again, _ = preprocess_manifest(us_exams, out, resume=True)
+    assert all(im.preprocessing["annotation_params"]["max_stroke_px"] != 99 for im in _images(again))

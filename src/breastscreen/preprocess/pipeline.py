@@ -148,8 +148,13 @@ def _reusable(prior: ImageRef, image: ImageRef, scale: float, us_prep: str | Non
     rec = prior.preprocessing or {}
     if rec.get("scale", scale) != scale or not _outputs_exist(prior):
         return False
-    if us_prep is not None and rec.get("us_preparation", "legacy") != us_prep:
-        return False
+    if us_prep is not None:
+        if rec.get("us_preparation", "legacy") != us_prep:
+            return False
+        # the same name made with other annotation-removal defaults (an older version) is redone
+        params = ultrasound.us_preparation(us_prep)[1]
+        if (None if params is None else params.model_dump(mode="json")) != rec.get("annotation_params"):
+            return False
     # Records written before the source size/mtime were stored cannot be checked: redo them.
     now = source_stat(image.path)
     return bool(now) and all(rec.get(k) == v for k, v in now.items())
