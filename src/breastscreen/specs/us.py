@@ -139,7 +139,11 @@ class USSpec(ModelSpec):
         """[K, C, S, S] float32 input of one bag (one draw per image from ``rng`` in training)."""
         if not images:
             raise BreastscreenError("a bag needs at least one image")
-        stack = np.stack([self.image_input(im, rng) for im in images])[:, None]
+        return self.stack_images([self.image_input(im, rng) for im in images])
+
+    def stack_images(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """[K, C, S, S] float32 bag tensor from K [S, S] image inputs (grey repeated to 3 channels when needed)."""
+        stack = np.stack(inputs)[:, None]
         if self.in_channels == 3:
             stack = np.repeat(stack, 3, axis=1)
         return np.ascontiguousarray(stack, dtype=np.float32)

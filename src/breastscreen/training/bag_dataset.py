@@ -224,10 +224,7 @@ class BagDataset(Dataset):
             images.append(image)
             if moved is not None:
                 lesions[slot], known[slot] = moved, True
-        stack = np.stack(images)[:, None]
-        if self.spec.in_channels == 3:
-            stack = np.repeat(stack, 3, axis=1)
-        return np.ascontiguousarray(stack, dtype=np.float32), lesions, known
+        return self.spec.stack_images(images), lesions, known
 
 
 def lesion_class_map(image: ImageRef, record: dict[str, Any], size: int,
