@@ -146,13 +146,10 @@ def cached_crop_check(exams: Sequence[Exam], spec: USSpec, path: str | Path,
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            if old.get("key") == key:
-                result = old["result"]
-                # caches written before names were made relative
-                for field in ("worst", "skipped"):
-                    rows = result.get(field, [])
-                    for row, name in zip(rows, relative_names([r["image"] for r in rows])):
-                        row["image"] = name
+            result = old["result"]
+            rows = [*result.get("worst", []), *result.get("skipped", [])]
+            # a cache written before names were made relative is measured again (names as a fresh run gives them)
+            if old.get("key") == key and not any(Path(r["image"]).is_absolute() for r in rows):
                 return result
         except (OSError, ValueError, KeyError):
             pass
