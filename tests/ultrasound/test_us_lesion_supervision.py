@@ -96,8 +96,10 @@ def test_bag_dataset_serves_class_masks_with_unchanged_images(cohort) -> None:
         a, b = plain[i], sup[i]
         torch.testing.assert_close(a["images"], b["images"], rtol=0, atol=0)
         benign, malignant = sup.breasts[i].targets
-        for k, ref in enumerate(sup.breasts[i].images[: b["lesions"].shape[0]]):
-            has_mask = bool(ref.masks)
+        refs = {ref.path: ref for ref in sup.breasts[i].images}
+        assert len(b["image_ids"]) == b["lesions"].shape[0]
+        for k, image_id in enumerate(b["image_ids"]):  # by id: dedupe may have dropped an image of the bag
+            has_mask = bool(refs[image_id].masks)
             assert bool(b["lesion_known"][k]) == has_mask
             if has_mask:
                 area = b["lesions"][k].flatten(1).sum(1)
