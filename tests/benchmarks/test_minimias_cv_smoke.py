@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +13,14 @@ import torch
 from breastscreen.data.types import BreastLabel, Exam, Modality
 from breastscreen.labels import PATCH_CLASSES
 from breastscreen.preprocess.patches import PatchSource
+from tests.benchmark_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "minimias_patch_cv.py"
+
 
 
 @pytest.fixture(scope="module")
-def cv():
-    spec = importlib.util.spec_from_file_location("minimias_patch_cv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["minimias_patch_cv"] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
+def cv():  # noqa: ANN201 - the benchmark module
+    return load_benchmark("minimias_patch_cv")
 
 
 @pytest.fixture

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "shared_layers_bound.py"
+from tests.benchmark_scripts import load_benchmark
+
+
 
 
 @pytest.fixture(scope="module")
-def slb():
-    spec = importlib.util.spec_from_file_location("shared_layers_bound_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["shared_layers_bound_script"] = module
-    spec.loader.exec_module(module)
-    return module
+def slb():  # noqa: ANN201 - the benchmark module
+    return load_benchmark("shared_layers_bound")
 
 
 def test_phases_follow_the_heatmappers_window_placement(slb):

@@ -7,22 +7,18 @@ same scenarios with many random kill points.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kill_resume.py"
+from tests.benchmark_scripts import load_benchmark
+
+
 
 
 @pytest.fixture(scope="module")
 def kr():  # noqa: ANN201 - the benchmark module
-    spec = importlib.util.spec_from_file_location("kill_resume", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kill_resume"] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kill_resume")
 
 
 @pytest.fixture(scope="module")

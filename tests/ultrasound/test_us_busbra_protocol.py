@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "busbra_cv.py"
+from tests.benchmark_scripts import load_benchmark
+
+
 
 
 @pytest.fixture(scope="module")
-def cv():
-    spec = importlib.util.spec_from_file_location("busbra_cv_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["busbra_cv_script"] = module
-    spec.loader.exec_module(module)
-    return module
+def cv():  # noqa: ANN201 - the benchmark module
+    return load_benchmark("busbra_cv")
 
 
 def _fake_summary() -> dict:
