@@ -329,15 +329,12 @@ def macs_per_window(weights: Path) -> int:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model name and the SIMD flags that decide the fast paths."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), "x86_64"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from breastscreen.utils import cpu_field
+
+    name = platform.processor() or platform.machine()
+    if name in ("", platform.machine(), "x86_64"):
+        name = cpu_field("model name") or name
+    flags = set((cpu_field("flags") or "").split())
     keep = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
     return {"model": name, "flags": [f for f in keep if f in flags], "cores": os.cpu_count()}
 

@@ -62,3 +62,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def cpu_field(name: str) -> str | None:
+    """The value of the first ``name`` line of ``/proc/cpuinfo`` (e.g. ``"model name"``, ``"flags"``), or None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None

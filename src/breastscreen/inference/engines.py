@@ -55,15 +55,9 @@ CALIBRATION_WINDOWS = 64  # default number of calibration windows for int8 (the 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when this CPU executes bfloat16 dot products natively (AVX512-BF16 or AMX-BF16)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+    from breastscreen.utils import cpu_field
+
+    return bool({"avx512_bf16", "amx_bf16"} & set((cpu_field("flags") or "").split()))
 
 
 def effective_precision(precision: str, device: torch.device) -> tuple[str, str]:

@@ -40,7 +40,9 @@ from breastscreen.data.bags import Breast
 from breastscreen.data.types import Exam
 from breastscreen.errors import BreastscreenError
 from breastscreen.evaluation.localisation import mask_in_prepared_geometry, summarise_localisation
-from breastscreen.utils import atomic_path
+from breastscreen.ultrasound.fold_archive import (
+    archive_finished, archive_fold, archive_identity, best_index, check_identity, restore_folds)
+from breastscreen.utils import atomic_path, cpu_field
 
 if TYPE_CHECKING:
     from breastscreen.ultrasound.normals import NormalCropRules
@@ -332,20 +334,10 @@ def summarise_cv(
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
     """Where the numbers were produced (device, threads, versions)."""
     return {
-        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({_cpu_model()})",
+        "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({cpu_field('model name') or platform.processor() or platform.machine()})",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -394,8 +386,6 @@ def run_busbra_cv(
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if archive is not None:
-        from breastscreen.ultrasound.fold_archive import archive_identity, check_identity
-
         if len(list(seeds)) > 1:
             # ensembles re-predict each fold with every seed's weights; the archive keeps one fold's weights
             raise BreastscreenError("a fold archive holds one model per fold; run several seeds without --archive")
@@ -429,8 +419,6 @@ def run_busbra_cv(
     on_done = None
     restored: list[str] = []
     if archive is not None:
-        from breastscreen.ultrasound.fold_archive import archive_finished, archive_fold, restore_folds
-
         env = environment()
         archive_finished(work, archive, env, log)  # finished before an interruption, not archived yet
         restored = restore_folds(archive, work, log)
@@ -485,8 +473,6 @@ def run_busbra_cv(
     summary["crop_guarantee"] = {k: v for k, v in crop_check.items() if k != "skipped"}
     if normals_summary is not None:
         summary["normals"] = normals_summary
-    from breastscreen.ultrasound.fold_archive import best_index
-
     candidates = [(s, m) for s in seeds for m in members[s]]
     best_seed, best = candidates[best_index([m for _, m in candidates])]
     best_rows = lesion_rows(best["rows"])
