@@ -121,7 +121,7 @@ class Predictor:
 
     def __init__(self, members: Sequence[Member], device: torch.device | str = "cpu", *, tta: int = 1, seed: int = 0,
                  batch_size: int = 8, patch: Member | None = None, patch_batch_size: int = 64,
-                 patch_engine: Any = None, precision: str = "fp32") -> None:
+                 patch_engine: Any = None, precision: str = "fp32", channels_last: bool = True) -> None:
         if not members:
             raise BreastscreenError("a Predictor needs at least one model")
         if tta < 1:
@@ -145,16 +145,23 @@ class Predictor:
 
         # the breast-level models' arithmetic (what runs, after any fallback) and why it differs
         self.precision, self.precision_note = effective_precision(precision, self.device)
+        # Mammography models run full-resolution convolutions: NHWC is oneDNN's (and tensor cores')
+        # native layout, 12-30 % faster on CPU at the same values within float rounding.
+        self.channels_last = bool(channels_last) and isinstance(self.spec, (MultiViewSpec, ImageSpec))
+        if self.channels_last:
+            for member in self.members:
+                member.model.to(memory_format=torch.channels_last)
 
     @classmethod
     def load(cls, models: str | Sequence[str], device: str | torch.device = "cpu", *, tta: int = 1, seed: int = 0,
              batch_size: int = 8, patch_model: str | None = None, patch_batch_size: int = 64,
-             patch_engine: Any = None, precision: str = "fp32") -> "Predictor":
+             patch_engine: Any = None, precision: str = "fp32", channels_last: bool = True) -> "Predictor":
         """Load checkpoint files, bundled model names or ensemble manifests (``device="auto"`` picks CUDA).
 
         ``patch_engine`` (:class:`~breastscreen.inference.engines.EngineOptions`) chooses the backend,
         precision and mode of on-the-fly heatmaps (default: exact fp32, channels-last);
-        ``precision`` (``fp32`` or ``bf16``) that of the breast-level models (:func:`run_model`).
+        ``precision`` (``fp32`` or ``bf16``) that of the breast-level models (:func:`run_model`);
+        ``channels_last`` runs mammography models in NHWC (``False``: the NCHW reference layout).
         """
         from breastscreen.utils import resolve_device
 
@@ -165,7 +172,8 @@ class Predictor:
         members = load_members(models, dev)
         patch = load_members(patch_model, dev)[0] if patch_model else None
         return cls(members, dev, tta=tta, seed=seed, batch_size=batch_size, patch=patch,
-                   patch_batch_size=patch_batch_size, patch_engine=patch_engine, precision=precision)
+                   patch_batch_size=patch_batch_size, patch_engine=patch_engine, precision=precision,
+                   channels_last=channels_last)
 
     # ------------------------------------------------------------------ description
 
@@ -246,6 +254,13 @@ class Predictor:
             return self._us(eid, views)
         raise BreastscreenError(f"a {self.spec.family} model does not predict exams (use `breastscreen heatmaps`)")
 
+    def _to_device(self, x: np.ndarray) -> torch.Tensor:
+        """An input array as a tensor on the device, in the models' memory layout."""
+        t = torch.from_numpy(x)
+        if self.channels_last and t.ndim == 4:
+            return t.to(self.device, memory_format=torch.channels_last)
+        return t.to(self.device)
+
     def _batched(self, member: Member, rows: int, make: Any) -> list[dict[str, Any]]:
         """Run ``member`` over ``rows`` input rows in chunks of ``batch_size``; ``make(slice)`` gives the args."""
         return [run_model(member.model, self.device, *make(slice(s, s + self.batch_size)), precision=self.precision)
@@ -267,12 +282,14 @@ class Predictor:
     def _multiview(self, exam_id: str, views: dict[str, list[ImageLike]], heatmaps: HeatmapSource | None) -> ExamPrediction:
         spec: MultiViewSpec = self.spec  # type: ignore[assignment]
         prepared, maps = self._mammo_views(exam_id, views, heatmaps)
-        inputs, present = spec.exam_rows(exam_id, prepared, maps, n_tta=self.tta, seed=self.seed)
-        rows = next(iter(inputs.values())).shape[0]
+        # rows are built a batch at a time: all TTA copies of a full-resolution exam at once need 2.5 GB
+        plan = spec.exam_plan(exam_id, prepared, maps, n_tta=self.tta, seed=self.seed)
+        rows = plan.rows
 
         def make(sl: slice) -> tuple[Any, ...]:
-            return ({v: torch.from_numpy(x[sl]).to(self.device) for v, x in inputs.items()},
-                    {v: torch.from_numpy(p[sl]).to(self.device) for v, p in present.items()})
+            inputs, present = plan.take(sl)
+            return ({v: self._to_device(x) for v, x in inputs.items()},
+                    {v: torch.from_numpy(p).to(self.device) for v, p in present.items()})
 
         member_out = []
         for member in self.members:
@@ -320,7 +337,7 @@ class Predictor:
                 x = spec.image_inputs(image, view, maps[view][k], n=self.tta)
                 outs, saliency = [], []
                 for member in self.members:
-                    parts = self._batched(member, x.shape[0], lambda sl: (torch.from_numpy(x[sl]).to(self.device),))
+                    parts = self._batched(member, x.shape[0], lambda sl: (self._to_device(x[sl]),))
                     outs.append(spec.image_probs(np.concatenate([q["probs"] for q in parts]).mean(axis=0)))
                     if "saliency" in parts[0]:
                         saliency.append(parts[0]["saliency"][0])  # copy 0 = un-flipped geometry
@@ -368,7 +385,7 @@ class Predictor:
             x = spec.tta_inputs(f"{exam_id}/{view}", kept, self.tta, self.seed)  # [T, K, C, S, S]
             probs, att, sal = [], [], []
             for member in self.members:
-                out = self._batched(member, x.shape[0], lambda sl: (torch.from_numpy(x[sl]).to(self.device),))
+                out = self._batched(member, x.shape[0], lambda sl: (self._to_device(x[sl]),))
                 probs.append(np.concatenate([o["probs"] for o in out]).mean(axis=0))
                 att.append(np.concatenate([o["attention"] for o in out]).mean(axis=0))
                 sal.append(out[0]["saliency"][0])  # copy 0 = un-augmented

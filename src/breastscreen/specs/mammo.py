@@ -150,15 +150,8 @@ class MultiViewSpec(_MammoSpec):
                                           one_sided=self.one_sided_horizontal)
         return augment.NYUWindowJitter(image_keys=("image",), map_keys=keys, window=box, max_jitter=jitter)
 
-    def view_inputs(self, prepared: PreparedImage, view: str, maps: np.ndarray | None, *,
-                    rng: np.random.Generator | None = None, n: int = 1) -> np.ndarray:
-        """Inputs [n, C, h, w] of one image: copy 0 un-augmented unless ``rng`` is given for every copy.
-
-        Training passes its epoch generator and ``n=1`` (one augmented copy); TTA passes ``n``
-        copies and a generator for copies 1..n-1 (:meth:`exam_rows`).
-        """
-        from breastscreen.preprocess.mammo import standardize
-
+    def _view_sample(self, prepared: PreparedImage, view: str, maps: np.ndarray | None) -> tuple[dict[str, Any], Any]:
+        """The sample dict (image, optional maps) of one image and its window transform."""
         if (maps is not None) != self.needs_heatmaps:
             raise BreastscreenError(f"{prepared.source}: the model takes {list(self.channels)}, "
                                     f"{'got' if maps is not None else 'no'} heatmaps")
@@ -168,18 +161,71 @@ class MultiViewSpec(_MammoSpec):
                 raise BreastscreenError(f"{prepared.source}: heatmaps {maps.shape[-2:]} do not match the image "
                                         f"{prepared.pixels.shape}; were they made at another scale?")
             sample["maps"] = np.asarray(maps, dtype=np.float32)
-        t = self._transform(self.base_window(prepared, view), maps is not None)
-        out = []
-        for i in range(n):
-            if rng is None or (i == 0 and n > 1):
-                copy = t.apply_params(sample, t.identity(prepared.pixels.shape))
-            else:
-                copy = t(sample, rng)
-            planes = [standardize(copy["image"])[None]]
-            if maps is not None:
-                planes.append(np.clip(copy["maps"], 0.0, 1.0))
-            out.append(np.concatenate(planes, axis=0))
-        return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+        return sample, self._transform(self.base_window(prepared, view), maps is not None)
+
+    @staticmethod
+    def _copy_params(t: Any, shape: tuple[int, int], rng: np.random.Generator | None, n: int) -> list[dict[str, Any]]:
+        """Window parameters of ``n`` copies: copy 0 un-augmented unless ``rng`` drives every copy (n = 1).
+
+        Drawn in copy order before any copy is built, so building copies lazily (a few TTA rows at
+        a time) gives exactly the arrays that building them all at once gives.
+        """
+        return [t.identity(shape) if rng is None or (i == 0 and n > 1) else t.draw(rng, shape) for i in range(n)]
+
+    def _build_row(self, sample: dict[str, Any], t: Any, params: dict[str, Any], out: np.ndarray) -> None:
+        """Write one input [C, h, w] for window ``params`` into ``out``."""
+        from breastscreen.preprocess.mammo import standardize
+
+        copy = t.apply_params(sample, params)
+        out[0] = standardize(copy["image"])
+        if "maps" in copy:
+            np.clip(copy["maps"], 0.0, 1.0, out=out[1:])
+
+    def view_inputs(self, prepared: PreparedImage, view: str, maps: np.ndarray | None, *,
+                    rng: np.random.Generator | None = None, n: int = 1) -> np.ndarray:
+        """Inputs [n, C, h, w] of one image: copy 0 un-augmented unless ``rng`` is given for every copy.
+
+        Training passes its epoch generator and ``n=1`` (one augmented copy); TTA passes ``n``
+        copies and a generator for copies 1..n-1 (:meth:`exam_rows`).
+        """
+        sample, t = self._view_sample(prepared, view, maps)
+        params = self._copy_params(t, prepared.pixels.shape, rng, n)
+        out = np.empty((n, self.in_channels, *self.window_shape(view)), np.float32)
+        for i, p in enumerate(params):
+            self._build_row(sample, t, p, out[i])
+        return out
+
+    def exam_plan(
+        self,
+        exam_id: str,
+        views: dict[str, Sequence[PreparedImage]],
+        maps: dict[str, Sequence[np.ndarray | None]] | None = None,
+        *,
+        n_tta: int = 1,
+        seed: int = 0,
+    ) -> "ExamRows":
+        """The TTA rows of one exam as an :class:`ExamRows` that builds them a batch at a time.
+
+        ``plan.take(slice(0, plan.rows))`` equals :meth:`exam_rows` without ``rng``; a full-resolution
+        exam with 10 TTA copies holds 2.5 GB of inputs, a batch of one row 0.25 GB.
+        """
+        if n_tta < 1:
+            raise BreastscreenError(f"tta must be >= 1, got {n_tta}")
+        present_views = [v for v in MG_VIEWS if views.get(v)]
+        if not present_views:
+            raise BreastscreenError(f"exam {exam_id}: no mammography image")
+        maps = maps or {}
+        n_combo = max(len(views[v]) for v in present_views)
+        sources: dict[str, list[tuple[dict[str, Any], Any, list[dict[str, Any]]]]] = {}
+        for view in present_views:
+            images = list(views[view])
+            view_maps = list(maps.get(view) or [None] * len(images))
+            sources[view] = []
+            for k, image in enumerate(images):
+                sample, t = self._view_sample(image, view, view_maps[k])
+                tta_rng = np.random.default_rng(derive_seed(seed, exam_id, view, k)) if n_tta > 1 else None
+                sources[view].append((sample, t, self._copy_params(t, image.pixels.shape, tta_rng, n_tta)))
+        return ExamRows(self, n_combo * n_tta, n_tta, sources)
 
     def exam_rows(
         self,
@@ -196,34 +242,25 @@ class MultiViewSpec(_MammoSpec):
         With ``rng`` (training) each view gives one augmented row from one random image; without
         it, ``R`` = largest image count x ``n_tta`` rows whose model outputs are averaged.
         """
-        if n_tta < 1:
-            raise BreastscreenError(f"tta must be >= 1, got {n_tta}")
+        if rng is None:
+            plan = self.exam_plan(exam_id, views, maps, n_tta=n_tta, seed=seed)
+            return plan.take(slice(0, plan.rows))
         present_views = [v for v in MG_VIEWS if views.get(v)]
         if not present_views:
             raise BreastscreenError(f"exam {exam_id}: no mammography image")
         maps = maps or {}
-        n_combo = 1 if rng is not None else max(len(views[v]) for v in present_views)
-        rows = n_combo * (1 if rng is not None else n_tta)
         inputs: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
         for view in MG_VIEWS:
             images = list(views.get(view) or [])
             if not images:
-                h, w = self.window_shape(view)
-                inputs[view] = np.zeros((rows, self.in_channels, h, w), np.float32)
-                present[view] = np.zeros(rows, bool)
+                inputs[view] = np.zeros((1, self.in_channels, *self.window_shape(view)), np.float32)
+                present[view] = np.zeros(1, bool)
                 continue
             view_maps = list(maps.get(view) or [None] * len(images))
-            if rng is not None:
-                k = int(rng.integers(len(images))) if len(images) > 1 else 0
-                inputs[view] = self.view_inputs(images[k], view, view_maps[k], rng=rng, n=1)
-            else:
-                per_image = []
-                for k, image in enumerate(images):
-                    tta_rng = np.random.default_rng(derive_seed(seed, exam_id, view, k)) if n_tta > 1 else None
-                    per_image.append(self.view_inputs(image, view, view_maps[k], rng=tta_rng, n=n_tta))
-                inputs[view] = np.concatenate([per_image[c % len(per_image)] for c in range(n_combo)])
-            present[view] = np.ones(rows, bool)
+            k = int(rng.integers(len(images))) if len(images) > 1 else 0
+            inputs[view] = self.view_inputs(images[k], view, view_maps[k], rng=rng, n=1)
+            present[view] = np.ones(1, bool)
         return inputs, present
 
     def postprocess(self, probs: np.ndarray) -> dict[str, float | None]:
@@ -236,6 +273,36 @@ class MultiViewSpec(_MammoSpec):
         else:
             values.update({c: float(p) for c, p in zip(BREAST_LABELS, probs)})
         return values
+
+
+class ExamRows:
+    """Lazily built TTA rows of one exam (:meth:`MultiViewSpec.exam_plan`).
+
+    Row ``r`` is TTA copy ``r % n_tta`` of combination ``r // n_tta``, which uses image
+    ``combination % n`` of a view with ``n`` images; missing views are zero and flagged absent.
+    """
+
+    def __init__(self, spec: MultiViewSpec, rows: int, n_tta: int,
+                 sources: dict[str, list[tuple[dict[str, Any], Any, list[dict[str, Any]]]]]) -> None:
+        self.spec, self.rows, self.n_tta, self._sources = spec, int(rows), int(n_tta), sources
+
+    def take(self, sl: slice) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Inputs ``{view: [r, C, h, w]}`` and presence ``{view: [r] bool}`` of the rows in ``sl``."""
+        idx = range(self.rows)[sl]
+        inputs: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        for view in MG_VIEWS:
+            shape = (len(idx), self.spec.in_channels, *self.spec.window_shape(view))
+            images = self._sources.get(view)
+            if not images:
+                inputs[view], present[view] = np.zeros(shape, np.float32), np.zeros(len(idx), bool)
+                continue
+            out = np.empty(shape, np.float32)
+            for j, r in enumerate(idx):
+                sample, t, params = images[(r // self.n_tta) % len(images)]
+                self.spec._build_row(sample, t, params[r % self.n_tta], out[j])
+            inputs[view], present[view] = out, np.ones(len(idx), bool)
+        return inputs, present
 
 
 @register_spec
