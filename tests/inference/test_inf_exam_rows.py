@@ -10,7 +10,8 @@ import torch
 
 from breastscreen import Predictor
 from breastscreen.models import create_model, save_checkpoint
-from breastscreen.specs import MultiViewSpec, PreparedImage, derive_seed
+from breastscreen.inference.predictor import default_batch_size
+from breastscreen.specs import ImageSpec, MultiViewSpec, PreparedImage, USSpec, derive_seed
 
 SCALE = 0.05
 CHANNELS = ("image", "benign", "malignant")
@@ -76,6 +77,7 @@ def test_channels_last_and_batch_size_do_not_change_predictions(tmp_path: Path, 
         def heat(exam_id: str, view: str, k: int, prepared: PreparedImage) -> np.ndarray:
             return cache.setdefault((view, k), rng.random((2, *prepared.pixels.shape)).astype(np.float32))
     ref = Predictor.load(str(ckpt), tta=3, seed=1, batch_size=8, channels_last=False).predict_exam(exam, heatmaps=heat)
+    assert Predictor.load(str(ckpt), tta=3).batch_size == 1  # the CPU default for mammography models
     for bs in (1, 2):
         p = Predictor.load(str(ckpt), tta=3, seed=1, batch_size=bs)
         assert p.channels_last
@@ -84,3 +86,9 @@ def test_channels_last_and_batch_size_do_not_change_predictions(tmp_path: Path, 
         for c, v in ref.values.items():
             assert got.values[c] == pytest.approx(v, abs=1e-5), (bs, c)
     assert any(abs(v - 0.5) > 1e-4 for v in ref.values.values() if v is not None)  # a real, non-constant model
+
+
+def test_default_batch_size_is_one_row_for_mammography_on_cpu_only() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_batch_size(MultiViewSpec(), cpu) == 1 and default_batch_size(ImageSpec(), cpu) == 1
+    assert default_batch_size(MultiViewSpec(), cuda) == 8 and default_batch_size(USSpec(), cpu) == 8

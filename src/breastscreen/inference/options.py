@@ -45,7 +45,7 @@ class PredictOptions(ValidatedOptions):
     tta: int = Field(1, ge=1, le=1000)
     seed: int = Field(0, ge=0)
     device: str = "auto"
-    batch_size: int = Field(8, ge=1, le=100_000)
+    batch_size: Optional[int] = Field(None, ge=1, le=100_000)  # None: Predictor's default_batch_size
     heatmaps_dir: Optional[str] = None
     patch_model: Optional[str] = None
     patch_batch_size: int = Field(256, ge=1, le=100_000)

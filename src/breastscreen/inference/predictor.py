@@ -106,6 +106,16 @@ def run_model(model: nn.Module, device: torch.device, *args: Any, precision: str
     return _to_np({k: v for k, v in out.items() if k != "features"})
 
 
+def default_batch_size(spec: ModelSpec, device: torch.device) -> int:
+    """Input rows per model call when none is given: 1 for mammography models on a CPU, else 8.
+
+    A full-resolution four-view row already keeps oneDNN busy; more rows only spill the caches
+    (10 TTA rows of one exam: 41.5 s at 1 row per call against 69.7 s at 8, peak RSS 1.1 against
+    4.2 GB, ``benchmarks/results/exam_model_cpu.json``). GPUs want large batches.
+    """
+    return 1 if device.type == "cpu" and isinstance(spec, (MultiViewSpec, ImageSpec)) else 8
+
+
 def _exam_views(exam: Exam | Mapping[str, Sequence[ImageLike]]) -> dict[str, list[ImageLike]]:
     views = exam.views if isinstance(exam, Exam) else exam
     out = {}
@@ -120,25 +130,26 @@ class Predictor:
     """Runs one model or an ensemble (one spec) on exams held in memory (see the module docstring)."""
 
     def __init__(self, members: Sequence[Member], device: torch.device | str = "cpu", *, tta: int = 1, seed: int = 0,
-                 batch_size: int = 8, patch: Member | None = None, patch_batch_size: int = 64,
+                 batch_size: int | None = None, patch: Member | None = None, patch_batch_size: int = 64,
                  patch_engine: Any = None, precision: str = "fp32", channels_last: bool = True) -> None:
         if not members:
             raise BreastscreenError("a Predictor needs at least one model")
         if tta < 1:
             raise BreastscreenError(f"tta must be >= 1, got {tta}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise BreastscreenError(f"batch_size must be >= 1, got {batch_size}")
         if patch is not None and not isinstance(patch.spec, PatchSpec):
             raise BreastscreenError(f"{patch.ref.ref}: model {patch.name} is not a patch classifier")
         self.members = list(members)
         self.device = torch.device(device)
-        self.tta, self.seed, self.batch_size = int(tta), int(seed), int(batch_size)
+        self.tta, self.seed = int(tta), int(seed)
         self.patch = patch
         self.patch_batch_size = int(patch_batch_size)
         self._inferers: dict[bool, Any] = {}  # built on first use and kept: building copies the patch model
         # How patch windows are computed (EngineOptions); the default is the exact mode in channels-last.
         self.patch_engine = patch_engine
         self.spec: ModelSpec = self.members[0].spec
+        self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.spec, self.device)
         if precision not in ("fp32", "bf16"):
             raise BreastscreenError(f"precision must be fp32 or bf16, got {precision!r}")
         from breastscreen.inference.engines import effective_precision
@@ -154,7 +165,7 @@ class Predictor:
 
     @classmethod
     def load(cls, models: str | Sequence[str], device: str | torch.device = "cpu", *, tta: int = 1, seed: int = 0,
-             batch_size: int = 8, patch_model: str | None = None, patch_batch_size: int = 64,
+             batch_size: int | None = None, patch_model: str | None = None, patch_batch_size: int = 64,
              patch_engine: Any = None, precision: str = "fp32", channels_last: bool = True) -> "Predictor":
         """Load checkpoint files, bundled model names or ensemble manifests (``device="auto"`` picks CUDA).
 

@@ -258,7 +258,7 @@ class PredictJob:
     device: str
     tta: int
     seed: int
-    batch_size: int
+    batch_size: int | None
     heatmaps_dir: str | None
     keep_pictures: bool
     precision: str = "fp32"

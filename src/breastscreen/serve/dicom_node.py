@@ -123,7 +123,7 @@ class NodeConfig(ValidatedOptions):
     device: str = "auto"
     tta: int = Field(1, ge=1, le=1000)
     seed: int = Field(0, ge=0)
-    batch_size: int = Field(8, ge=1, le=100_000)
+    batch_size: Optional[int] = Field(None, ge=1, le=100_000)  # None: Predictor's default_batch_size
     lease_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=100)
     send_attempts: int = Field(10, ge=1, le=1000, description="tries to deliver a study's results")
