@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         result["variants"][v]["speedup_vs_first"] = round(first / result["variants"][v]["median_seconds"], 2)
     fastest = min(variants, key=lambda v: result["variants"][v]["median_seconds"])
+    # the first variant's probabilities: agreement is only meaningful if the model is not constant
+    result["probs"] = base["probs"]
     result.update({"fastest": fastest, "tta": args.tta, "worker_threads": args.threads, "scale": args.scale,
                    "num_filters": args.num_filters, "rounds": args.rounds, "cpu_model": cpu_field("model name"),
                    "environment": environment(t_start),

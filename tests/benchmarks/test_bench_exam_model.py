@@ -18,7 +18,7 @@ def test_variants_run_side_by_side_and_agree(tmp_path: Path, monkeypatch) -> Non
     result = json.loads(out.read_text())
     rows = result["variants"]
     assert list(rows) == ["materialised-nchw-b8", "lazy-nhwc-b1"]
-    assert rows["materialised-nchw-b8"]["max_abs_diff_vs_first"] == 0.0
     assert rows["lazy-nhwc-b1"]["max_abs_diff_vs_first"] < 1e-5  # same probabilities by another path
     assert rows["lazy-nhwc-b1"]["batch_size"] == 1 and result["tta"] == 3 and result["scale"] == 0.05
+    assert len(result["probs"]) == 4 and len(set(result["probs"])) > 1  # a model that is not constant
     assert result["fastest"] in rows and all(r["median_seconds"] > 0 for r in rows.values())

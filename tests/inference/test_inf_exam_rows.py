@@ -10,6 +10,7 @@ import torch
 
 from breastscreen import Predictor
 from breastscreen.models import create_model, save_checkpoint
+from breastscreen.preprocess.mammo import extract_window, standardize
 from breastscreen.inference.predictor import default_batch_size
 from breastscreen.specs import ImageSpec, MultiViewSpec, PreparedImage, USSpec, derive_seed
 
@@ -58,6 +59,14 @@ def test_training_draw_is_one_row_per_view() -> None:
     b, _ = spec.exam_rows("E1", {"L-CC": [image, image]}, {"L-CC": [maps, maps]}, rng=np.random.default_rng(3))
     assert a["L-CC"].shape == (1, 3, *spec.window_shape("L-CC")) and pa["L-CC"].tolist() == [True]
     assert pa["R-CC"].tolist() == [False] and np.array_equal(a["L-CC"], b["L-CC"])
+    # the generator drives the image choice, then one window draw applied to image and maps alike
+    rng = np.random.default_rng(3)
+    assert int(rng.integers(2)) in (0, 1)
+    jitter = spec._transform(spec.base_window(image, "L-CC"), True)
+    copy = jitter({"image": image.pixels, "maps": maps}, rng)
+    assert np.array_equal(a["L-CC"][0, 0], standardize(copy["image"]))
+    assert np.array_equal(a["L-CC"][0, 1:], np.clip(copy["maps"], 0, 1))
+    assert not np.array_equal(a["L-CC"][0, 0], standardize(extract_window(image.pixels, spec.base_window(image, "L-CC"))))
 
 
 @pytest.mark.parametrize("name,kw", [("nyu-viewwise-heatmaps", {"num_filters": 4}),
@@ -77,7 +86,7 @@ def test_channels_last_and_batch_size_do_not_change_predictions(tmp_path: Path, 
         def heat(exam_id: str, view: str, k: int, prepared: PreparedImage) -> np.ndarray:
             return cache.setdefault((view, k), rng.random((2, *prepared.pixels.shape)).astype(np.float32))
     ref = Predictor.load(str(ckpt), tta=3, seed=1, batch_size=8, channels_last=False).predict_exam(exam, heatmaps=heat)
-    assert Predictor.load(str(ckpt), tta=3).batch_size == 1  # the CPU default for mammography models
+    assert Predictor.load(str(ckpt), tta=3).batch_size == (1 if name.startswith("nyu") else 8)  # CPU defaults
     for bs in (1, 2):
         p = Predictor.load(str(ckpt), tta=3, seed=1, batch_size=bs)
         assert p.channels_last
@@ -90,5 +99,39 @@ def test_channels_last_and_batch_size_do_not_change_predictions(tmp_path: Path, 
 
 def test_default_batch_size_is_one_row_for_mammography_on_cpu_only() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert default_batch_size(MultiViewSpec(), cpu) == 1 and default_batch_size(ImageSpec(), cpu) == 1
+    assert default_batch_size(MultiViewSpec(), cpu) == 1 and default_batch_size(ImageSpec(), cpu) == 8
     assert default_batch_size(MultiViewSpec(), cuda) == 8 and default_batch_size(USSpec(), cpu) == 8
+
+
+def test_one_patch_batch_default_for_every_heatmap_caller(tmp_path: Path) -> None:
+    from breastscreen.inference.engines import default_patch_batch_size
+    from breastscreen.inference.options import PredictOptions
+    from breastscreen.serve.config import ServeConfig
+
+    assert default_patch_batch_size("cpu") == 16 and default_patch_batch_size(torch.device("cpu")) == 16
+    assert default_patch_batch_size("cuda:1") == 256 and default_patch_batch_size(torch.device("cuda", 0)) == 256
+    assert PredictOptions().patch_batch_size is None and PredictOptions().batch_size is None
+    torch.manual_seed(0)
+    breast = save_checkpoint(create_model("nyu-viewwise-heatmaps", num_filters=4), tmp_path / "b.safetensors",
+                             {"scale": 0.03})
+    patch = save_checkpoint(create_model("densenet-tiny"), tmp_path / "p.safetensors", {"scale": 0.03})
+    p = Predictor.load(str(breast), patch_model=str(patch))
+    assert p.patch_batch_size == 16 and p.batch_size == 1
+    assert Predictor.load(str(breast), patch_model=str(patch), patch_batch_size=5).patch_batch_size == 5
+    assert "patch_batch_size" in ServeConfig.model_fields and ServeConfig.model_fields["patch_batch_size"].default is None
+
+
+def test_ensemble_members_see_the_same_rows_as_alone(tmp_path: Path) -> None:
+    from breastscreen.synthetic.mammo import generate_mammo_cohort
+
+    exam = generate_mammo_cohort(tmp_path / "raw", 1, seed=4, scale=0.03)[0]
+    paths = []
+    for i in range(2):
+        torch.manual_seed(10 + i)
+        paths.append(str(save_checkpoint(create_model("nyu-viewwise-image", num_filters=4),
+                                         tmp_path / f"m{i}.safetensors", {"scale": 0.03})))
+    both = Predictor.load(paths, tta=3, seed=2, batch_size=2).predict_exam(exam)
+    for i, path in enumerate(paths):
+        alone = Predictor.load(path, tta=3, seed=2, batch_size=2).predict_exam(exam)
+        assert both.details["members"][i]["probs"] == pytest.approx(list(alone.values.values()), abs=1e-6)
+    assert both.details["members"][0]["probs"] != pytest.approx(both.details["members"][1]["probs"], abs=1e-4)

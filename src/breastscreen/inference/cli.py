@@ -146,7 +146,7 @@ def predict_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the test-time augmentations."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Input rows per model call (default: 1 for mammography models on CPU, where it measured fastest; 8 otherwise)."),
+        None, "--batch-size", help="Input rows per model call (default: 1 for four-view models on CPU, where it measured fastest; 8 otherwise)."),
     heatmap_backend: str = typer.Option("torch", "--heatmap-backend", help="With --patch-model: torch, onnxruntime or "
                                         "openvino for the heatmaps (as `breastscreen heatmaps --backend`)."),
     heatmap_precision: str = typer.Option("fp32", "--heatmap-precision", help="With --patch-model: fp32, bf16 or "

@@ -27,7 +27,7 @@ from torch import nn
 from breastscreen import __version__
 from breastscreen.data.heatmaps import HEATMAP_SUFFIX, heatmap_filename, read_heatmap_meta, write_heatmap_file
 from breastscreen.errors import BreastscreenError
-from breastscreen.inference.engines import CPU_BATCH_SIZE, GPU_BATCH_SIZE, EngineOptions
+from breastscreen.inference.engines import EngineOptions, default_patch_batch_size
 from breastscreen.inference.heatmaps import SlidingWindowHeatmapper
 from breastscreen.outdir import check_output_owner, claim_output_dir
 from breastscreen.safety import assign_names
@@ -180,7 +180,7 @@ def generate_heatmaps(
     checkpoint_name: str = "",
     model_metadata: dict[str, Any] | None = None,
     class_names: Sequence[str] = PATCH_CLASSES,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     amp: bool | None = None,
     resume: bool = False,
@@ -215,6 +215,8 @@ def generate_heatmaps(
 
     if images_per_chunk < 1:
         raise ValueError(f"images_per_chunk must be >= 1, got {images_per_chunk}")
+    if batch_size is None:
+        batch_size = default_patch_batch_size(device)
     check_output_owner(out_dir, COMMAND)
     check_heatmap_out_dir(out_dir, resume, overwrite)
     start_time = time.perf_counter()
@@ -472,8 +474,7 @@ def run_heatmaps(
     except ValueError as exc:
         raise BreastscreenError(str(exc)) from None
     if batch_size is None:
-        on_gpu = (device.startswith("cuda") if ray is not None else dev.type == "cuda")
-        batch_size = GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE
+        batch_size = default_patch_batch_size(device if ray is not None else dev)
     with ray_session(ray) if ray is not None else contextlib.nullcontext():
         refused: list[tuple[str, str]] = []
         if isinstance(manifest, (str, os.PathLike)):

@@ -48,7 +48,7 @@ class PredictOptions(ValidatedOptions):
     batch_size: Optional[int] = Field(None, ge=1, le=100_000)  # None: Predictor's default_batch_size
     heatmaps_dir: Optional[str] = None
     patch_model: Optional[str] = None
-    patch_batch_size: int = Field(256, ge=1, le=100_000)
+    patch_batch_size: Optional[int] = Field(None, ge=1, le=100_000)  # None: 16 on CPU, 256 on GPU
     heatmap_backend: str = "torch"
     heatmap_precision: str = "fp32"
     model_precision: str = "fp32"

@@ -107,13 +107,13 @@ def run_model(model: nn.Module, device: torch.device, *args: Any, precision: str
 
 
 def default_batch_size(spec: ModelSpec, device: torch.device) -> int:
-    """Input rows per model call when none is given: 1 for mammography models on a CPU, else 8.
+    """Input rows per model call when none is given: 1 for four-view models on a CPU, else 8.
 
     A full-resolution four-view row already keeps oneDNN busy; more rows only spill the caches
-    (10 TTA rows of one exam: 41.5 s at 1 row per call against 69.7 s at 8, peak RSS 1.1 against
-    4.2 GB, ``benchmarks/results/exam_model_cpu.json``). GPUs want large batches.
+    (``benchmarks/results/exam_model_cpu.json``). Only the four-view family was measured, so the
+    others keep 8; GPUs want large batches.
     """
-    return 1 if device.type == "cpu" and isinstance(spec, (MultiViewSpec, ImageSpec)) else 8
+    return 1 if device.type == "cpu" and isinstance(spec, MultiViewSpec) else 8
 
 
 def _exam_views(exam: Exam | Mapping[str, Sequence[ImageLike]]) -> dict[str, list[ImageLike]]:
@@ -130,7 +130,7 @@ class Predictor:
     """Runs one model or an ensemble (one spec) on exams held in memory (see the module docstring)."""
 
     def __init__(self, members: Sequence[Member], device: torch.device | str = "cpu", *, tta: int = 1, seed: int = 0,
-                 batch_size: int | None = None, patch: Member | None = None, patch_batch_size: int = 64,
+                 batch_size: int | None = None, patch: Member | None = None, patch_batch_size: int | None = None,
                  patch_engine: Any = None, precision: str = "fp32", channels_last: bool = True) -> None:
         if not members:
             raise BreastscreenError("a Predictor needs at least one model")
@@ -144,7 +144,10 @@ class Predictor:
         self.device = torch.device(device)
         self.tta, self.seed = int(tta), int(seed)
         self.patch = patch
-        self.patch_batch_size = int(patch_batch_size)
+        from breastscreen.inference.engines import default_patch_batch_size
+
+        self.patch_batch_size = (int(patch_batch_size) if patch_batch_size is not None
+                                 else default_patch_batch_size(self.device))
         self._inferers: dict[bool, Any] = {}  # built on first use and kept: building copies the patch model
         # How patch windows are computed (EngineOptions); the default is the exact mode in channels-last.
         self.patch_engine = patch_engine
@@ -158,21 +161,25 @@ class Predictor:
         self.precision, self.precision_note = effective_precision(precision, self.device)
         # Mammography models run full-resolution convolutions: NHWC is oneDNN's (and tensor cores')
         # native layout, 12-30 % faster on CPU at the same values within float rounding.
+        # The members' models are converted in place (either way, so that a later NCHW Predictor
+        # on the same members really runs NCHW).
         self.channels_last = bool(channels_last) and isinstance(self.spec, (MultiViewSpec, ImageSpec))
-        if self.channels_last:
+        if isinstance(self.spec, (MultiViewSpec, ImageSpec)):
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
             for member in self.members:
-                member.model.to(memory_format=torch.channels_last)
+                member.model.to(memory_format=fmt)
 
     @classmethod
     def load(cls, models: str | Sequence[str], device: str | torch.device = "cpu", *, tta: int = 1, seed: int = 0,
-             batch_size: int | None = None, patch_model: str | None = None, patch_batch_size: int = 64,
+             batch_size: int | None = None, patch_model: str | None = None, patch_batch_size: int | None = None,
              patch_engine: Any = None, precision: str = "fp32", channels_last: bool = True) -> "Predictor":
         """Load checkpoint files, bundled model names or ensemble manifests (``device="auto"`` picks CUDA).
 
         ``patch_engine`` (:class:`~breastscreen.inference.engines.EngineOptions`) chooses the backend,
         precision and mode of on-the-fly heatmaps (default: exact fp32, channels-last);
         ``precision`` (``fp32`` or ``bf16``) that of the breast-level models (:func:`run_model`);
-        ``channels_last`` runs mammography models in NHWC (``False``: the NCHW reference layout).
+        ``channels_last`` runs mammography models in NHWC (``False``: the NCHW reference layout;
+        the members' models are converted in place either way).
         """
         from breastscreen.utils import resolve_device
 
@@ -297,14 +304,17 @@ class Predictor:
         plan = spec.exam_plan(exam_id, prepared, maps, n_tta=self.tta, seed=self.seed)
         rows = plan.rows
 
-        def make(sl: slice) -> tuple[Any, ...]:
-            inputs, present = plan.take(sl)
-            return ({v: self._to_device(x) for v, x in inputs.items()},
+        # Each batch of rows is built once and run through every member (an ensemble must not
+        # rebuild the jittered full-resolution windows per member).
+        per_member: list[list[dict[str, Any]]] = [[] for _ in self.members]
+        for s in range(0, rows, self.batch_size):
+            inputs, present = plan.take(slice(s, s + self.batch_size))
+            args = ({v: self._to_device(x) for v, x in inputs.items()},
                     {v: torch.from_numpy(p).to(self.device) for v, p in present.items()})
-
+            for chunks, member in zip(per_member, self.members):
+                chunks.append(run_model(member.model, self.device, *args, precision=self.precision))
         member_out = []
-        for member in self.members:
-            chunks = self._batched(member, rows, make)
+        for chunks in per_member:
             probs = np.concatenate([c["probs"] for c in chunks]).mean(axis=0)
             branch = {a: np.concatenate([c["branch_probs"][a] for c in chunks]).mean(axis=0)
                       for a in (chunks[0].get("branch_probs") or {})}

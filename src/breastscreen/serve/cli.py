@@ -34,7 +34,7 @@ def serve_command(
     tta: int = typer.Option(1, "--tta", help="Test-time augmentations per view (1 = none), as in `predict`."),
     seed: int = typer.Option(0, "--seed", help="Seed of the test-time augmentations."),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Input rows per model call (default: 1 for mammography models on CPU, where it measured fastest; 8 otherwise)."),
+        None, "--batch-size", help="Input rows per model call (default: 1 for four-view models on CPU, where it measured fastest; 8 otherwise)."),
     max_upload_mb: float = typer.Option(512.0, "--max-upload-mb", help="Largest upload (request body), MiB."),
     max_unzipped_mb: float = typer.Option(2048.0, "--max-unzipped-mb", help="Largest total size of an uploaded zip's files, MiB."),
     max_files: int = typer.Option(200, "--max-files", help="Most files in one upload (zip entries included)."),

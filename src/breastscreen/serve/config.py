@@ -31,7 +31,7 @@ class ServeConfig(ValidatedOptions):
     tta: int = Field(1, ge=1, le=1000)
     seed: int = Field(0, ge=0)
     batch_size: Optional[int] = Field(None, ge=1, le=100_000)  # None: Predictor's default_batch_size
-    patch_batch_size: int = Field(256, ge=1, le=100_000)
+    patch_batch_size: Optional[int] = Field(None, ge=1, le=100_000)  # None: 16 on CPU, 256 on GPU
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="total bytes of one upload (request body)")
     max_unzipped_bytes: int = Field(2 * 1024**3, ge=1, description="total uncompressed bytes of an uploaded zip")
     max_files: int = Field(200, ge=1, le=100_000, description="files in one upload (zip entries included)")

@@ -21,13 +21,13 @@ from breastscreen.specs.base import (
     spec_families,
     spec_from_dict,
 )
-from breastscreen.specs.mammo import MultiViewSpec, PatchSpec, derive_seed, patch_geometry, prepare_mammogram
+from breastscreen.specs.mammo import ExamRows, MultiViewSpec, PatchSpec, derive_seed, patch_geometry, prepare_mammogram
 from breastscreen.specs.wholeimage import ImageSpec, RoiPatchSpec
 from breastscreen.specs.us import USSpec, prepare_bag
 from breastscreen.specs.lesion import LesionSpec
 
 __all__ = [
-    "ImageSpec", "LesionSpec", "ModelSpec", "MultiViewSpec", "PatchSpec", "PreparedImage", "RoiPatchSpec", "SpecError", "USSpec",
+    "ExamRows", "ImageSpec", "LesionSpec", "ModelSpec", "MultiViewSpec", "PatchSpec", "PreparedImage", "RoiPatchSpec", "SpecError", "USSpec",
     "derive_seed", "legacy_spec", "patch_geometry", "prepare_bag", "prepare_mammogram", "register_spec", "spec_families",
     "spec_for_checkpoint", "spec_from_dict",
 ]

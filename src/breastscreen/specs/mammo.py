@@ -5,8 +5,8 @@ wrote is read back in original intensity units; any other image (path, array, Da
 preprocessed in memory with the same function at the spec's scale and quantised exactly as the
 PNG would store it, so both routes give the same array.
 
-Four-view input builder (:meth:`MultiViewSpec.exam_rows`), used by the training datasets and the
-Predictor alike:
+Four-view input builder (:meth:`MultiViewSpec.exam_rows`, used by the training datasets;
+:meth:`MultiViewSpec.exam_plan` builds the same rows a batch at a time for the Predictor):
 
 * per view, the model window (``record[spec.window]``: the NYU window of the view's angle, or
   the MV-DCN window) is cut out, in training with the family's random augmentation (NYU window
@@ -284,6 +284,7 @@ class ExamRows:
 
     def __init__(self, spec: MultiViewSpec, rows: int, n_tta: int,
                  sources: dict[str, list[tuple[dict[str, Any], Any, list[dict[str, Any]]]]]) -> None:
+        """``sources``: per present view, per image its sample, window transform and copy parameters."""
         self.spec, self.rows, self.n_tta, self._sources = spec, int(rows), int(n_tta), sources
 
     def take(self, sl: slice) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
