@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -28,6 +29,14 @@ def environment(t0: float) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1),
             # other jobs on the machine slow everything down: the 1/5/15-minute load averages say how busy it was
             "load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
+
+
+def write_result(out: str | Path, result: dict[str, Any]) -> Path:
+    """Write a benchmark's results JSON (indented, trailing newline), creating its folder."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
 
 
 def synthetic_cohorts(work: Path, parts: Sequence[tuple[str, int, int]], scale: float, prevalence: float,

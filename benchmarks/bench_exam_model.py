@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         args.variant = args.worker
         return worker(args)
-    from bench_common import environment
+    from bench_common import environment, write_result
 
     from breastscreen.utils import cpu_field
 
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                    "environment": environment(t_start),
                    "command": "python benchmarks/bench_exam_model.py " + " ".join(sys.argv[1:] if argv is None
                                                                                   else argv)})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, result)
     print(f"-> {out}: fastest {fastest} {result['variants'][fastest]['median_seconds']} s "
           f"({result['variants'][fastest]['speedup_vs_first']}x {variants[0]})")
     return 0

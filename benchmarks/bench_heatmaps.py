@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         result["whole_exam"]["what"] = ("Predictor.predict_exam on one synthetic full-resolution exam (4 views, raw "
                                         "files: preprocessing included), 10 TTA, full-size nyu-viewwise-heatmaps "
                                         "(random weights) + the trained densenet121-patch heatmaps on the fly")
-    from bench_common import environment
+    from bench_common import environment, write_result
 
     result.update({
         "cpu": cpu_info(), "threads": args.threads, "matmul_peak": peaks, "rounds": args.rounds,
@@ -582,9 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_heatmaps.py " + " ".join(sys.argv[1:] if argv is None else argv),
     })
     result["goals"] = goals(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, result)
     print(f"-> {out}: {result['fastest_variant_within_0.01']} {result['ratio_vs_reference']}x the reference, "
           f"max |dp| {result['max_abs_diff']:.2e}; fullconv {result['fully_conv']}")
     return 0
