@@ -1,20 +1,20 @@
 """BUS-BRA 5-fold cross-validation of the ultrasound gated-attention MIL classifier, via `breastscreen train us`.
 
-Usage (the command behind benchmarks/results/busbra_cv.json, protocol v3, issue 14; registered in
-the script before any v3 fold ran, see PROTOCOL_V3):
-
-    python benchmarks/busbra_cv.py --protocol v3 --data ../shared/data/bus-bra --work scratch/busbra-v3 \
-        --out benchmarks/results/busbra_cv.json \
-        --predictions benchmarks/results/busbra_cv_predictions.csv \
-        --final-model src/breastscreen/zoo/us-busbra-mil.safetensors --jobs 2 --threads 1
-
-Protocol v4 (v3 plus lesion-mask supervision of the saliency maps, PROTOCOL_V4; registered before any v4
-fold ran; its results go to their own file until every fold is done):
+Usage (the command behind benchmarks/results/busbra_cv.json and the bundled us-busbra-mil: protocol v4,
+issue 14, i.e. v3 plus lesion-mask supervision of the saliency maps, PROTOCOL_V4, registered before any
+v4 fold ran; it was run with --out busbra_cv_v4.json until its five folds were done, then renamed):
 
     python benchmarks/busbra_cv.py --protocol v4 --data ../shared/data/bus-bra --work scratch/busbra-v4 \
-        --out benchmarks/results/busbra_cv_v4.json \
-        --predictions benchmarks/results/busbra_cv_v4_predictions.csv --jobs 2 --threads 1 \
-        --archive benchmarks/results/busbra_cv_v4_folds
+        --out benchmarks/results/busbra_cv.json \
+        --predictions benchmarks/results/busbra_cv_predictions.csv \
+        --archive benchmarks/results/busbra_cv_v4_folds \
+        --final-model src/breastscreen/zoo/us-busbra-mil.safetensors --jobs 2 --threads 1
+
+Protocol v3 (PROTOCOL_V3, the previous published run, kept in benchmarks/results/busbra_cv_v3.json):
+
+    python benchmarks/busbra_cv.py --protocol v3 --data ../shared/data/bus-bra --work scratch/busbra-v3 \
+        --out benchmarks/results/busbra_cv_v3.json \
+        --predictions benchmarks/results/busbra_cv_v3_predictions.csv --jobs 2 --threads 1
 
 On two CPU cores a fold takes about two hours, longer than the scratch folder lives; --archive keeps
 each finished fold (record, held-out predictions, and the float16 weights of the best fold so far)
