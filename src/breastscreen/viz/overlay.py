@@ -88,6 +88,34 @@ def draw_panel(ax: Axes, panel: ViewPanel | None, max_side: int = 1024, alpha_ma
     ax.set_title(panel.title, fontsize=9)
 
 
+def fit_suptitle(fig: Figure, title: str, fontsize: float = 11) -> int:
+    """Set ``fig``'s title, broken between words so no line is wider than the figure; returns the line count.
+
+    A one-image ultrasound picture is about 3 inches wide, and a centred title wider than that
+    is clipped on both sides (the exam id and the malignant probability were lost). Widths are
+    measured with the Agg renderer, so the break is exact for the font in use; a single word
+    wider than the figure stays on its own line.
+    """
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    limit = 0.98 * fig.bbox.width
+
+    def width(text: str) -> float:
+        probe = fig.text(0, 0, text, fontsize=fontsize)
+        w = probe.get_window_extent(renderer).width
+        probe.remove()
+        return w
+
+    lines: list[str] = []
+    for word in title.split(" "):
+        if lines and width(f"{lines[-1]} {word}") <= limit:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
+    return len(lines)
+
+
 def _save(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Path:
     from breastscreen.utils import atomic_path
 
@@ -122,8 +150,11 @@ def exam_overlay_figure(
     ]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.08, wspace=0.04)
+    lines = fit_suptitle(fig, title)
+    if lines > 1:
+        fig.set_size_inches(fig.get_figwidth(), 5.4 + 0.2 * (lines - 1))
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - (0.55 + 0.2 * lines) / fig.get_figheight(), bottom=0.08,
+                        wspace=0.04)
     return _save(fig, path, dpi)
 
 
@@ -164,8 +195,10 @@ def us_breast_figure(
     extra = f" ({len(images) - n} more not shown)" if len(images) > n else ""
     fig.legend(handles=[Patch(color=MAP_COLOURS["malignant"], label="malignant saliency")], loc="lower center",
                fontsize=9, frameon=False)
-    fig.suptitle(title + extra, fontsize=11)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.7 / (3.1 * rows + 0.8), bottom=0.35 / (3.1 * rows + 0.8),
+    lines = fit_suptitle(fig, title + extra)
+    height = 3.1 * rows + 0.6 + 0.2 * lines
+    fig.set_size_inches(fig.get_figwidth(), height)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - (0.5 + 0.2 * lines) / height, bottom=0.35 / height,
                         wspace=0.04, hspace=0.18)
     return _save(fig, path, dpi)
 
