@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -155,3 +157,18 @@ def test_input_errors(cohort):
         evaluate_predictions(p, l, subgroups=("scanner",))
     with pytest.raises(TypeError, match="unknown option"):
         evaluate_predictions(p, l, bootstraps=3)
+
+
+def test_a_jsonl_given_as_predictions_gets_a_short_error(tmp_path):
+    """predictions.jsonl passed to ``-p``: its first line parses as hundreds of "columns"."""
+    from breastscreen.evaluation.io import read_predictions
+
+    line = {"exam_id": "E1", "probabilities": {"unknown_malignant": 0.5},
+            "breasts": {"U": {"saliency_malignant": [[0.123456789] * 8] * 8}}}
+    path = tmp_path / "predictions.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(EvaluationInputError) as err:
+        read_predictions(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: a predictions table is missing column(s) exam_id")
+    assert "is this a CSV file?" in msg and len(msg) < 500 and "\n" not in msg

@@ -242,7 +242,8 @@ def _check_line(d: dict[str, Any], where: str, base: Path, roots: list[str] | No
         full = _abs(p, base)
         try:
             confine(full, roots, f"{where}: field '{field_name}': path",
-                    "pass --allow-outside-paths (or list the folder in --root) to use files elsewhere")
+                    ("pass --allow-outside-paths, or list the folder in the manifest's <stem>.roots.json "
+                     "sidecar (docs/data.md), to use files elsewhere"))
         except PathOutsideError as exc:
             raise ManifestError(str(exc)) from None
 

@@ -34,17 +34,37 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
             w.writerows(rows)
 
 
+def has_unknown_bag(prediction: Any) -> bool:
+    """Whether a prediction has an ultrasound bag of unknown laterality (breast ``U``)."""
+    return bool((prediction.details.get("breasts") or {}).get("U"))
+
+
+def table_values(prediction: Any) -> dict[str, float | None]:
+    """The prediction's values plus ``unknown_benign, unknown_malignant`` when it has a ``U`` bag.
+
+    A ``U-US`` bag lives in ``details["breasts"]["U"]``, not among the model's value columns;
+    every table of predictions (CSV, JSONL ``probabilities``, the HTML page) shows it the same way.
+    """
+    values = dict(prediction.values)
+    if has_unknown_bag(prediction):
+        bag = prediction.details["breasts"]["U"]
+        values["unknown_benign"], values["unknown_malignant"] = bag.get("benign"), bag.get("malignant")
+    return values
+
+
+def table_columns(columns: Sequence[str], predictions: Sequence[Any]) -> list[str]:
+    """``columns`` plus the unknown-side columns when some prediction has a ``U`` bag."""
+    return [*columns, *(UNKNOWN_COLUMNS if any(has_unknown_bag(p) for p in predictions) else ())]
+
+
 def write_predictions_csv(path: Path, columns: Sequence[str], predictions: Sequence[Any]) -> None:
     """``exam_id`` + ``columns`` (+ the unknown-side columns when needed) per prediction."""
-    unknown = any((p.details.get("breasts") or {}).get("U") for p in predictions)
+    header = table_columns(columns, predictions)
     rows = []
     for p in predictions:
-        row = [p.exam_id, *(fmt(p.values.get(c)) for c in columns)]
-        if unknown:
-            bag = (p.details.get("breasts") or {}).get("U") or {}
-            row += [fmt(bag.get("benign")), fmt(bag.get("malignant"))]
-        rows.append(row)
-    write_csv(path, ["exam_id", *columns, *(UNKNOWN_COLUMNS if unknown else ())], rows)
+        values = table_values(p)
+        rows.append([p.exam_id, *(fmt(values.get(c)) for c in header)])
+    write_csv(path, ["exam_id", *header], rows)
 
 
 @dataclass

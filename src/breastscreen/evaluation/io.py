@@ -96,10 +96,10 @@ def _where(df: pd.DataFrame) -> str:
 def _require(df: pd.DataFrame, cols: tuple[str, ...] | list[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise EvaluationInputError(
-            f"{_where(df)}: {what} is missing column(s) {', '.join(missing)}; "
-            f"found columns: {', '.join(map(str, df.columns)) or '(none)'}"
-        )
+        found = ", ".join(map(str, df.columns)) or "(none)"
+        if len(found) > 200:  # e.g. predictions.jsonl given as a CSV: its first line is one long "header"
+            found = found[:200] + f"… ({len(df.columns)} columns; is this a CSV file?)"
+        raise EvaluationInputError(f"{_where(df)}: {what} is missing column(s) {', '.join(missing)}; found columns: {found}")
 
 
 def _numeric(df: pd.DataFrame, col: str, lo: float | None, hi: float | None, what: str) -> np.ndarray:

@@ -97,6 +97,7 @@ def heatmaps_command(
     OUT/errors.csv), 2 on unusable input or when no heatmap could be made. With --ray each chunk
     of --images-per-chunk images is a Ray task (see docs/inference.md, "Scale-out on Ray").
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from breastscreen.inference.engines import EngineOptions, check_engine_options, tune_allocator
@@ -111,7 +112,7 @@ def heatmaps_command(
                            refine=refine)
 
     with Progress(TextColumn("heatmaps"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), transient=True) as bar:
+                  TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("images", total=None, rate="")
 
         def progress(done: int, total: int, rate: float) -> None:
@@ -183,6 +184,7 @@ def predict_command(
     exam is a Ray task (see docs/inference.md, "Scale-out on Ray").
     Research software: not for clinical use.
     """
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from breastscreen.inference.engines import tune_allocator
@@ -197,8 +199,9 @@ def predict_command(
                           heatmaps_dir=str(heatmaps) if heatmaps else None, patch_model=patch_model,
                           pictures=pictures, max_pictures=max_pictures, workers=workers,
                           allow_outside_paths=allow_outside_paths)
+    # The bar goes to stderr: stdout carries only the result line, for scripts that read it.
     with Progress(TextColumn("{task.fields[stage]}"), BarColumn(), TextColumn("{task.completed} exams"),
-                  TimeElapsedColumn(), transient=True) as bar:
+                  TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("predict", total=None, stage="loading")
 
         def progress(stage: str, exam_id: str) -> None:

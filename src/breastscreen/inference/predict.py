@@ -488,10 +488,11 @@ def _predict(source: str | os.PathLike[str], models: Sequence[str], out: Path, o
         if progress:
             progress("pictures", "")
         from breastscreen.inference.report import draw_exam_pictures, write_page
+        from breastscreen.data.predictions import table_values
         from breastscreen.viz.html import malignancy_score
 
         if opts.max_pictures is not None:
-            ranked = sorted(predictions, key=lambda p: -(malignancy_score(p.values) or -1.0))[: opts.max_pictures]
+            ranked = sorted(predictions, key=lambda p: -(malignancy_score(table_values(p)) or -1.0))[: opts.max_pictures]
             by_id = {e.exam_id: e for e in exams}
             for pred in ranked:
                 if not pred.panels and not pred.us_bags:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from breastscreen.data.predictions import table_columns, table_values
 from breastscreen.data.types import view_side
 from breastscreen.errors import BreastscreenError
 from breastscreen.safety import safe_name
@@ -84,15 +85,17 @@ def write_page(
     provenance: dict[str, Any],
 ) -> Path:
     """``index.html``: exams sorted by malignancy score with their pictures (``{exam_id: (paths, note)}``)."""
-    ordered = sorted(predictions, key=lambda p: -(malignancy_score(p.values) or -1.0))
+    ordered = sorted(predictions, key=lambda p: -(malignancy_score(table_values(p)) or -1.0))
     rows = []
     for pred in ordered:
         images, note = pictures.get(pred.exam_id, ([], ""))
-        rows.append(ReportRow(pred.exam_id, malignancy_score(pred.values), dict(pred.values), list(images), note))
+        values = table_values(pred)
+        rows.append(ReportRow(pred.exam_id, malignancy_score(values), values, list(images), note))
     prov = {k: v for k, v in provenance.items() if k != "models"}
     for i, m in enumerate(provenance.get("models", [])):
         prov[f"model {i + 1}"] = f"{m.get('name')} ({m.get('ref')}), sha256 {str(m.get('sha256'))[:16]}…"
-    return write_report_html(out / "index.html", rows, columns, "breastscreen predictions", prov, errors)
+    return write_report_html(out / "index.html", rows, table_columns(columns, predictions), "breastscreen predictions",
+                             prov, errors)
 
 
 def write_pictures_and_page(
@@ -104,7 +107,7 @@ def write_pictures_and_page(
     max_pictures: int | None = None,
 ) -> Path:
     """Write the per-exam PNGs (highest scores first, at most ``max_pictures``) and ``index.html``."""
-    ordered = sorted(predictions, key=lambda p: -(malignancy_score(p.values) or -1.0))
+    ordered = sorted(predictions, key=lambda p: -(malignancy_score(table_values(p)) or -1.0))
     pictures = {pred.exam_id: draw_exam_pictures(pred, out) for rank, pred in enumerate(ordered)
                 if max_pictures is None or rank < max_pictures}
     return write_page(out, predictions, pictures, errors, columns, provenance)

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from breastscreen.data.predictions import (
     UNKNOWN_COLUMNS,
+    table_values,
     write_csv,
     write_image_predictions_csv,
     write_predictions_csv,
@@ -29,7 +30,7 @@ def write_outputs(out: Path, columns: list[str], predictions: Sequence[Any], err
     with atomic_path(out / "predictions.jsonl") as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for p in predictions:
-                line = {"exam_id": p.exam_id, "probabilities": p.values, **p.details, "provenance": provenance}
+                line = {"exam_id": p.exam_id, "probabilities": table_values(p), **p.details, "provenance": provenance}
                 fh.write(json.dumps(line, default=float) + "\n")
     write_csv(out / "errors.csv", ["exam_id", "reason"], errors)
     if not skipped:

@@ -47,6 +47,7 @@ def preprocess_command(
     after exam ids made safe for file names, so nothing is written outside OUT; OUT must not be
     another command's output folder.
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from breastscreen.data.manifest import read_manifest
@@ -59,7 +60,8 @@ def preprocess_command(
         why = f"{len(refused)} line(s) refused, first {refused[0][0]}: {refused[0][1]}" if refused else "it is empty"
         raise PreprocessError(f"{manifest}: no usable exam ({why})")
     with Progress(
-        TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+        console=Console(stderr=True),
     ) as bar:
         task = bar.add_task("exams", total=len(exams))
         exams_out, issues = preprocess_manifest(

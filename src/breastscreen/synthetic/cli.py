@@ -17,10 +17,12 @@ synth_app = typer.Typer(
 
 
 def _run(label: str, total: int, fn) -> list[Exam]:
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
+        console=Console(stderr=True),
     ) as bar:
         task = bar.add_task(label, total=total)
         return fn(lambda done, _total: bar.update(task, completed=done))

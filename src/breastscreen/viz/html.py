@@ -23,8 +23,10 @@ class ReportRow:
 
 
 def malignancy_score(values: dict[str, Any]) -> float | None:
-    """Sort key of an exam: the larger per-breast malignant probability; else P(BI-RADS 0); else None."""
-    mal = [values.get(k) for k in ("left_malignant", "right_malignant") if values.get(k) is not None]
+    """Sort key of an exam: the largest per-breast malignant probability (left, right, unknown side);
+    else P(BI-RADS 0); else None."""
+    mal = [values.get(k) for k in ("left_malignant", "right_malignant", "unknown_malignant")
+           if values.get(k) is not None]
     if mal:
         return float(max(mal))
     if values.get("malignant") is not None:
