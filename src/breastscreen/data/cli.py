@@ -1,4 +1,4 @@
-"""CLI commands of the data stage: ``breastscreen manifest build|check|import-nyu|adapt``."""
+"""CLI commands of the data stage: ``breastscreen manifest build|check|select|import-nyu|adapt``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from breastscreen.errors import ManifestError
 from breastscreen.labels import REF_SPACING_MM
 
 manifest_app = typer.Typer(
-    help="Exam manifests (JSON Lines): build one from a folder, check one, import datasets.",
+    help="Exam manifests (JSON Lines): build one from a folder, check one, select a subset, import datasets.",
     no_args_is_help=True,
 )
 
@@ -220,6 +220,51 @@ def check_cmd(
         if len(bad_lesions) > show:
             _err.print(f"  ... (+{len(bad_lesions) - show} more)", highlight=False)
         raise typer.Exit(1)
+
+
+@manifest_app.command("select")
+def select_cmd(
+    manifest: Path = typer.Argument(..., help="Manifest (JSON Lines) to select from."),
+    out: Path = typer.Option(..., "--out", "-o", help="Manifest to write (any folder: paths are rewritten)."),
+    where: list[str] = typer.Option(
+        [], "--where", "-w",
+        help="FIELD=VALUE[,VALUE...] on the exam's line, dotted for nested fields (meta.fold=4, modality=US, "
+             "labels.U.malignant=1); repeat: all must hold.",
+    ),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="Text file of exam ids to keep, one per line."),
+    exclude: bool = typer.Option(False, "--exclude", help="Keep the exams that do NOT match instead."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept files outside the manifest's folder (and its roots file)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing manifest."),
+) -> None:
+    """Write the exams of MANIFEST that match --where / --ids to a new manifest.
+
+    E.g. the held-out BUS-BRA fold of the bundled ultrasound model:
+    `breastscreen manifest select busbra.jsonl --where meta.fold=4 --out fold4.jsonl`. Image paths
+    are rewritten relative to the new file, and its `<stem>.roots.json` is written when the
+    images lie outside its folder, so the subset reads like the original. Numbers compare by
+    their JSON text (meta.fold=4 matches "fold": 4). A field no exam has, or an empty
+    selection, is an error and nothing is written.
+    """
+    from breastscreen.data.select import Condition, read_ids, select_exams
+
+    if out.resolve() == manifest.resolve():
+        raise ManifestError(f"{out}: is the input manifest; write the selection to another file")
+    _refuse_existing(out, overwrite)
+    conditions = [Condition.parse(w) for w in where]
+    wanted = read_ids(ids) if ids is not None else None
+    if not conditions and wanted is None:
+        raise ManifestError("nothing to select by: give --where FIELD=VALUE and/or --ids FILE")
+    exams = read_manifest(manifest, allow_outside_paths=allow_outside_paths)
+    chosen = select_exams(exams, manifest.resolve().parent, conditions, wanted, exclude)
+    if chosen.unknown_ids:
+        first = ", ".join(chosen.unknown_ids[:5]) + (" ..." if len(chosen.unknown_ids) > 5 else "")
+        _err.print(f"[yellow]{len(chosen.unknown_ids)} listed id(s) not in {manifest}[/yellow]: {first}",
+                   highlight=False)
+    write_manifest(chosen.exams, out, overwrite=True, roots=[manifest.resolve().parent])
+    n_images = sum(1 for e in chosen.exams for _ in e.iter_images())
+    _out.print(f"wrote {out}: {len(chosen.exams)} of {len(exams)} exams, {n_images} images", highlight=False)
 
 
 @manifest_app.command("import-nyu")
