@@ -64,7 +64,7 @@ def test_conditions_alternatives_exclude_and_ids(dataset: Path, tmp_path: Path) 
     sel = select_exams(exams, base, [], ids=["case2", "missing"])
     assert [e.exam_id for e in sel.exams] == ["case2"] and sel.unknown_ids == ["missing"]
     ids = tmp_path / "ids.txt"
-    ids.write_text("# held-out cases\ncase5\n\n case1  # trailing comment\n")
+    ids.write_text("# held-out cases\ncase5\n\n case1  \n")
     assert read_ids(ids) == ["case5", "case1"]
 
 
@@ -94,3 +94,55 @@ def test_bad_selections_are_one_line_errors_and_write_nothing(dataset: Path, tmp
     out.write_text("mine\n")
     code, err = select("--out", str(out), "--where", "meta.fold=1")
     assert code == 2 and "refusing to overwrite" in err and out.read_text() == "mine\n"
+
+
+def test_values_compare_as_users_type_them() -> None:
+    line = {"meta": {"score": 4.0, "flag": True, "tags": ["a", "b"], "none": None, "name": "x,y"}}
+    assert Condition.parse("meta.score=4").matches(line) and Condition.parse("meta.score=4.0").matches(line)
+    assert not Condition.parse("meta.score=5,four").matches(line)
+    assert Condition.parse("meta.flag=True").matches(line) and not Condition.parse("meta.flag=1").matches(line)
+    assert Condition.parse("meta.tags=b").matches(line) and not Condition.parse("meta.tags=c").matches(line)
+    assert Condition.parse("meta.none=null").matches(line)
+    assert not Condition.parse("meta.name=x,y").matches(line)  # commas separate alternatives (documented)
+
+
+def test_ids_file_encodings_and_comments(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes("\ufeff# held-out cases\r\ncase#5\r\n\r\n  case1  \r\n".encode("utf-8"))
+    assert read_ids(ids) == ["case#5", "case1"]  # BOM dropped, '#' inside an id kept
+    ids.write_bytes("case2\ncase3\n".encode("utf-16"))
+    assert read_ids(ids) == ["case2", "case3"]
+    with pytest.raises(ManifestError, match="ids.txt"):
+        read_ids(tmp_path / "nope" / "ids.txt")
+
+
+def test_cli_ids_exclude_and_sidecars(dataset: Path, tmp_path: Path, capsys) -> None:
+    from breastscreen import cli
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("case2\ncase9\n")
+    beside = dataset.with_name("two.jsonl")  # beside the input: same folder, same relative paths
+    assert cli.run(["manifest", "select", str(dataset), "--ids", str(ids), "--out", str(beside)]) == 0
+    captured = capsys.readouterr()
+    assert "1 listed id(s) not in" in captured.err and "case9" in captured.err
+    assert _ids(beside) == ["case2"] and read_manifest(beside)[0].exam_id == "case2"
+    # --exclude keeps the exams a condition does not hold for, those lacking the field included
+    assert cli.run(["manifest", "select", str(dataset), "--where", "meta.device=A", "--exclude",
+                    "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert _ids(tmp_path / "b.jsonl") == ["case3", "case4", "case5"]
+    # ids that are all unknown: the error says so
+    ids.write_text("case9\n")
+    assert cli.run(["manifest", "select", str(dataset), "--ids", str(ids), "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "1 listed id(s) are not in the manifest, e.g. 'case9'" in capsys.readouterr().err
+    # images inside the output's folder: no sidecar is needed or written
+    inside = tmp_path / "dataset" / "sub.jsonl"
+    assert cli.run(["manifest", "select", str(dataset), "--where", "meta.fold=3", "--out", str(inside)]) == 0
+    assert not roots_file(inside).exists() and [e.exam_id for e in read_manifest(inside)] == ["case2", "case5"]
+    # a user's file named like the sidecar is not replaced without --overwrite
+    out = tmp_path / "d.jsonl"
+    roots_file(out).write_text("mine")
+    assert cli.run(["manifest", "select", str(dataset), "--where", "meta.fold=1", "--out", str(out)]) == 2
+    assert roots_file(out).read_text() == "mine" and not out.exists()
+    capsys.readouterr()
+    assert cli.run(["manifest", "select", str(dataset), "--where", "meta.fold=1", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

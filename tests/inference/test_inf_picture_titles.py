@@ -43,3 +43,11 @@ def test_one_image_ultrasound_picture_grows_for_the_wrapped_title(tmp_path):
     hl, wl = cv2.imread(str(long)).shape[:2]
     assert ws == wl == 300  # 3 inches at 100 dpi: the width never changes
     assert hl > hs  # extra title lines add height instead of shrinking the image
+
+
+def test_dollar_signs_in_exam_ids_are_drawn_as_text(tmp_path):
+    img = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (48, 1))
+    us_breast_figure([img], [None], [1.0], r"P$\foo$ left breast: benign 0.10, malignant 0.20", tmp_path / "p.png")
+    fig = Figure(figsize=(3.0, 4.0))
+    fit_suptitle(fig, r"P$\foo$ x")
+    assert fig._suptitle.get_text() == r"P$\foo$ x"

@@ -243,15 +243,21 @@ def select_cmd(
     E.g. the held-out BUS-BRA fold of the bundled ultrasound model:
     `breastscreen manifest select busbra.jsonl --where meta.fold=4 --out fold4.jsonl`. Image paths
     are rewritten relative to the new file, and its `<stem>.roots.json` is written when the
-    images lie outside its folder, so the subset reads like the original. Numbers compare by
-    their JSON text (meta.fold=4 matches "fold": 4). A field no exam has, or an empty
-    selection, is an error and nothing is written.
+    images lie outside its folder, so the subset reads like the original. Numbers match by
+    value (meta.fold=4 matches "fold": 4), a list field when one item matches; commas separate
+    alternatives. A field no exam has, or an empty selection, is an error and nothing is
+    written (docs/data.md).
     """
     from breastscreen.data.select import Condition, read_ids, select_exams
 
+    from breastscreen.data.manifest import roots_file
+
     if out.resolve() == manifest.resolve():
         raise ManifestError(f"{out}: is the input manifest; write the selection to another file")
+    if out.is_dir():
+        raise ManifestError(f"{out}: is a folder; --out names the manifest file to write")
     _refuse_existing(out, overwrite)
+    _refuse_existing(roots_file(out), overwrite)  # write_manifest replaces or removes the sidecar
     conditions = [Condition.parse(w) for w in where]
     wanted = read_ids(ids) if ids is not None else None
     if not conditions and wanted is None:
@@ -262,9 +268,12 @@ def select_cmd(
         first = ", ".join(chosen.unknown_ids[:5]) + (" ..." if len(chosen.unknown_ids) > 5 else "")
         _err.print(f"[yellow]{len(chosen.unknown_ids)} listed id(s) not in {manifest}[/yellow]: {first}",
                    highlight=False)
-    write_manifest(chosen.exams, out, overwrite=True, roots=[manifest.resolve().parent])
+    # No extra roots: the sidecar lists only the folders the selected exams' files are in.
+    write_manifest(chosen.exams, out, overwrite=True)
     n_images = sum(1 for e in chosen.exams for _ in e.iter_images())
     _out.print(f"wrote {out}: {len(chosen.exams)} of {len(exams)} exams, {n_images} images", highlight=False)
+    if roots_file(out).is_file():
+        _out.print(f"its files outside {out.resolve().parent} are allowed by {roots_file(out)}", highlight=False)
 
 
 @manifest_app.command("import-nyu")

@@ -9,8 +9,10 @@ file and writes the sidecar it needs.
 
 A condition ``FIELD=VALUE`` tests a field of the exam's manifest line; ``FIELD`` is dotted for
 nested fields (``meta.fold``, ``labels.U.malignant``) and ``VALUE`` may list alternatives
-separated by commas. Numbers and booleans compare by their JSON text (``4``, ``true``), so
-``meta.fold=4`` matches ``"fold": 4``. Several conditions must all hold.
+separated by commas (so a value that itself contains a comma cannot be selected this way; use
+``--ids``). A number matches by value (``meta.fold=4`` matches ``4`` and ``4.0``), a boolean by
+``true``/``false`` in any case, ``null`` a JSON null, anything else by its text; a list field
+matches when one of its items does. Several conditions must all hold.
 """
 
 from __future__ import annotations
@@ -58,23 +60,43 @@ class Condition:
         return node
 
     def matches(self, line: dict[str, Any]) -> bool:
-        """Whether ``line`` has the field with one of the values."""
+        """Whether ``line`` has the field with one of the values (a list: one of its items)."""
         value = self.lookup(line)
-        return value is not _MISSING and _as_text(value) in self.values
+        if value is _MISSING:
+            return False
+        items = value if isinstance(value, list) else [value]
+        return any(_equal(item, want) for item in items for want in self.values)
 
 
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+def _equal(value: Any, text: str) -> bool:
+    """Whether a manifest value equals the text a user typed (see the module docstring)."""
+    if isinstance(value, bool):
+        return text.lower() == ("true" if value else "false")
+    if value is None:
+        return text.lower() == "null"
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    if isinstance(value, str):
+        return value == text
+    return json.dumps(value, sort_keys=True) == text
+
+
+MAX_IDS_BYTES = 64 * 1024 * 1024
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """Exam ids from a text file, one per line (blank lines and ``#`` comments ignored)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read the exam id list ({exc})") from None
-    return [s for s in (line.split("#", 1)[0].strip() for line in text.splitlines()) if s]
+    """Exam ids from a text file, one per line; blank lines and lines starting with ``#`` are skipped.
+
+    Surrounding whitespace is ignored; a ``#`` inside an id is part of it. UTF-8, or UTF-16/32
+    with a byte-order mark (a UTF-8 one is dropped), as every user text file.
+    """
+    from breastscreen.safety import read_user_text
+
+    text = read_user_text(path, "exam id list", MAX_IDS_BYTES, ManifestError)
+    return [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
 
 
 @dataclass
@@ -105,5 +127,8 @@ def select_exams(exams: Sequence[Exam], base: Path, where: Sequence[Condition] =
     known = {e.exam_id for e in exams}
     unknown = [i for i in (ids or []) if i not in known]
     if not keep:
-        raise ManifestError("no exam was selected; nothing written")
+        why = ""
+        if unknown:
+            why = f" ({len(unknown)} listed id(s) are not in the manifest, e.g. {', '.join(map(repr, unknown[:3]))})"
+        raise ManifestError(f"no exam was selected{why}; nothing written")
     return Selection(keep, unknown)

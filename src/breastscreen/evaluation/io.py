@@ -97,8 +97,10 @@ def _require(df: pd.DataFrame, cols: tuple[str, ...] | list[str], what: str) -> 
     missing = [c for c in cols if c not in df.columns]
     if missing:
         found = ", ".join(map(str, df.columns)) or "(none)"
-        if len(found) > 200:  # e.g. predictions.jsonl given as a CSV: its first line is one long "header"
-            found = found[:200] + f"… ({len(df.columns)} columns; is this a CSV file?)"
+        if len(found) > 200:
+            # predictions.jsonl given as a CSV: its first line parses as hundreds of "columns"
+            hint = "; is this a CSV file?" if str(df.columns[0]).lstrip().startswith("{") else ""
+            found = found[:200] + f"… ({len(df.columns)} columns{hint})"
         raise EvaluationInputError(f"{_where(df)}: {what} is missing column(s) {', '.join(missing)}; found columns: {found}")
 
 

@@ -101,7 +101,7 @@ def fit_suptitle(fig: Figure, title: str, fontsize: float = 11) -> int:
     limit = 0.98 * fig.bbox.width
 
     def width(text: str) -> float:
-        probe = fig.text(0, 0, text, fontsize=fontsize)
+        probe = fig.text(0, 0, text, fontsize=fontsize, parse_math=False)
         w = probe.get_window_extent(renderer).width
         probe.remove()
         return w
@@ -112,7 +112,7 @@ def fit_suptitle(fig: Figure, title: str, fontsize: float = 11) -> int:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
-    fig.suptitle("\n".join(lines), fontsize=fontsize)
+    fig.suptitle("\n".join(lines), fontsize=fontsize, parse_math=False)  # exam ids may hold '$'
     return len(lines)
 
 
