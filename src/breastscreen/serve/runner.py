@@ -174,10 +174,10 @@ def _heatmaps(models: LoadedModels, exams: list[Exam], out: Path, config: ServeC
 
 def _predictions_row(pred: Any, columns: list[str]) -> dict[str, float | None]:
     """The exam's ``predictions.csv`` row (unknown-side columns added when it has a ``U-US`` bag)."""
-    from breastscreen.data.predictions import UNKNOWN_COLUMNS, has_unknown_bag, table_values
+    from breastscreen.data.predictions import table_columns, table_values
 
     values = table_values(pred)
-    return _jsonable({c: values.get(c) for c in [*columns, *(UNKNOWN_COLUMNS if has_unknown_bag(pred) else ())]})
+    return _jsonable({c: values.get(c) for c in table_columns(columns, [pred])})
 
 
 def _mammo_exam_files(pred: Any, result: Path, config: ServeConfig, heatmap_dir: Path | None,
