@@ -317,3 +317,54 @@ def test_associations_are_limited(node: DicomNode) -> None:
     finally:
         for a in open_:
             a.release()
+
+
+def test_ultrasound_study_without_laterality_gets_its_probabilities_in_the_sr(tmp_path: Path) -> None:
+    """US images seldom carry ImageLaterality: their bag is breast U, reported at "Breast structure".
+
+    Before, such a study failed with "the prediction holds no per-breast probability".
+    """
+    import numpy as np
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from breastscreen import Predictor
+    from breastscreen.data.build import build_manifest
+    from breastscreen.serve.dicom_node import predict_study
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from breastscreen.serve.runner import LoadedModels
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    rng, study, series = np.random.default_rng(0), generate_uid(), generate_uid()
+    for k in range(2):  # two 8-bit US images of one study, no ImageLaterality
+        img = np.zeros((120, 160), np.uint8)
+        img[10:110, 20:140] = rng.integers(30, 200, (100, 120))
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = FileDataset(str(folder / f"us{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.BodyPartExamined, ds.PatientID = "US", "BREAST", "p1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Rows, ds.Columns = img.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = img.tobytes()
+        ds.save_as(str(folder / f"us{k}.dcm"), enforce_file_format=True)
+    predictor = Predictor.load("us-busbra-mil")
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = predict_study(LoadedModels(predictor=predictor, refs=["us-busbra-mil"]), folder, out,
+                        node_name="TEST", device_uid=generate_uid())
+    (exam,) = build_manifest(folder, group_by="study").exams
+    bag = predictor.predict_exam(exam).details["breasts"]["U"]
+    assert doc["values"]["unknown_malignant"] == pytest.approx(bag["malignant"], abs=1e-7)
+    assert doc["values"]["left_malignant"] is None and doc["values"]["right_malignant"] is None
+    probs = _probabilities(pydicom.dcmread(out / "sr.dcm"))
+    assert probs[("Breast structure", codes.DCM.ProbabilityOfCancer.value)] == pytest.approx(bag["malignant"], abs=1e-6)
+    assert not any(site in ("Left breast", "Right breast") for site, _ in probs)

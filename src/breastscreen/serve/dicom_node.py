@@ -37,6 +37,7 @@ from typing import Any, Optional
 from pydantic import ConfigDict, Field
 
 from breastscreen import __version__
+from breastscreen.data.predictions import table_values
 from breastscreen.data.readers import DEFAULT_MAX_PIXELS
 from breastscreen.errors import BreastscreenError
 from breastscreen.inference.options import ValidatedOptions
@@ -420,14 +421,15 @@ def predict_study(models: LoadedModels, folder: Path, out: Path, *, node_name: s
                      # SR text here is ISO-IR 6 (ASCII): the notice's dash would be replaced by '?'.
                      notice=NOT_FOR_CLINICAL_USE.replace("\u2014", "-").encode("ascii", "replace").decode())
     sr_uid = hd.UID()
-    sr = build_report(pred.values, sources, sides, info, hd.UID(), sr_uid)
+    values = table_values(pred)  # with unknown_* of an ultrasound bag without laterality
+    sr = build_report(values, sources, sides, info, hd.UID(), sr_uid)
     sr.save_as(out / "sr.dcm", enforce_file_format=True)
     overlay_uids = {v: hd.UID() for v in by_view}
     overlays = build_overlays(pred.panels, by_view, pred.values, hd.UID(), overlay_uids)
     for view, sc in overlays.items():
         sc.save_as(out / f"overlay_{view}.dcm", enforce_file_format=True)
     doc = {
-        "values": {k: (None if v is None else float(v)) for k, v in pred.values.items()},
+        "values": {k: (None if v is None else float(v)) for k, v in values.items()},
         "views_used": pred.details.get("views_used", []),
         "missing_views": pred.details.get("missing_views", []),
         "n_images": len(sources),

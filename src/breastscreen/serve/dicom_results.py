@@ -36,7 +36,9 @@ OVERLAY_MAX_SIDE = 2048
 # Blend weight of a map value of 1 (0.5: the anatomy stays visible under a saturated heatmap).
 OVERLAY_ALPHA = 0.5
 BENIGN_CODE = ("BENIGN-P", "99BSCREEN", "Probability of benign finding")
-BREAST_SITES = {"L": ("80248007", "SCT", "Left breast"), "R": ("73056007", "SCT", "Right breast")}
+# "U": an ultrasound bag without laterality (no ImageLaterality in its images): the breast, side unknown.
+BREAST_SITES = {"L": ("80248007", "SCT", "Left breast"), "R": ("73056007", "SCT", "Right breast"),
+                "U": ("76752008", "SCT", "Breast structure")}
 
 
 @dataclass
@@ -72,13 +74,15 @@ def _ds_value(value: float) -> float:
     return float(round(float(value), 10))
 
 
-def build_report(values: dict[str, float | None], sources: Sequence[Any], sides: Sequence[str], model: ModelInfo,
-                 series_uid: str, sop_uid: str) -> Any:
+def build_report(values: dict[str, float | None], sources: Sequence[Any], sides: Sequence[str | None],
+                 model: ModelInfo, series_uid: str, sop_uid: str) -> Any:
     """A Comprehensive SR (TID 1500) with per-breast probabilities.
 
     ``sources`` are the headers of the images the prediction used (one study); ``sides`` their
-    breast (``L``/``R``, as ``manifest build`` identified it), which decides the group that
-    references each image.
+    breast (``L``/``R``, as ``manifest build`` identified it; ``None`` for an ultrasound image
+    without laterality), which decides the group that references each image. ``values`` are the
+    predictions-table values: ``left_*``, ``right_*`` and ``unknown_*`` (finding site "Breast
+    structure").
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -92,7 +96,7 @@ def build_report(values: dict[str, float | None], sources: Sequence[Any], sides:
     algorithm = hd.sr.AlgorithmIdentification(
         name=model.name[:64], version=model.version[:64], parameters=[model.notice[:1024]])
     groups = []
-    for side, word in (("L", "left"), ("R", "right")):
+    for side, word in (("L", "left"), ("R", "right"), ("U", "unknown")):
         malignant, benign = values.get(f"{word}_malignant"), values.get(f"{word}_benign")
         if malignant is None and benign is None:
             continue  # no image of this breast: no numbers to report
@@ -106,9 +110,10 @@ def build_report(values: dict[str, float | None], sources: Sequence[Any], sides:
             measurements.append(hd.sr.Measurement(
                 name=hd.sr.CodedConcept(*BENIGN_CODE), value=_ds_value(benign), unit=unit, algorithm_id=algorithm,
                 finding_sites=[site]))
-        breast_sources = [s for s, sd in zip(sources, sides) if sd == side]
+        breast_sources = [s for s, sd in zip(sources, sides) if (sd or "U") == side]
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{word} breast"),
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=hd.UID(), identifier="breast of unknown side" if side == "U" else f"{word} breast"),
             finding_type=codes.SCT.Breast,
             algorithm_id=algorithm,
             finding_sites=[site],
