@@ -248,9 +248,8 @@ def select_cmd(
     alternatives. A field no exam has, or an empty selection, is an error and nothing is
     written (docs/data.md).
     """
-    from breastscreen.data.select import Condition, read_ids, select_exams
-
     from breastscreen.data.manifest import roots_file
+    from breastscreen.data.select import Condition, read_ids, select_exams
 
     if out.resolve() == manifest.resolve():
         raise ManifestError(f"{out}: is the input manifest; write the selection to another file")

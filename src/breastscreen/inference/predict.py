@@ -487,12 +487,10 @@ def _predict(source: str | os.PathLike[str], models: Sequence[str], out: Path, o
     if opts.pictures:
         if progress:
             progress("pictures", "")
-        from breastscreen.inference.report import draw_exam_pictures, write_page
-        from breastscreen.data.predictions import table_values
-        from breastscreen.viz.html import malignancy_score
+        from breastscreen.inference.report import draw_exam_pictures, rank_by_malignancy, write_page
 
         if opts.max_pictures is not None:
-            ranked = sorted(predictions, key=lambda p: -(malignancy_score(table_values(p)) or -1.0))[: opts.max_pictures]
+            ranked = rank_by_malignancy(predictions)[: opts.max_pictures]
             by_id = {e.exam_id: e for e in exams}
             for pred in ranked:
                 if not pred.panels and not pred.us_bags:

@@ -85,9 +85,8 @@ def write_page(
     provenance: dict[str, Any],
 ) -> Path:
     """``index.html``: exams sorted by malignancy score with their pictures (``{exam_id: (paths, note)}``)."""
-    ordered = sorted(predictions, key=lambda p: -(malignancy_score(table_values(p)) or -1.0))
-    rows = []
-    for pred in ordered:
+    rows = []  # write_report_html sorts them by score
+    for pred in predictions:
         images, note = pictures.get(pred.exam_id, ([], ""))
         values = table_values(pred)
         rows.append(ReportRow(pred.exam_id, malignancy_score(values), values, list(images), note))
@@ -96,6 +95,11 @@ def write_page(
         prov[f"model {i + 1}"] = f"{m.get('name')} ({m.get('ref')}), sha256 {str(m.get('sha256'))[:16]}…"
     return write_report_html(out / "index.html", rows, table_columns(columns, predictions), "breastscreen predictions",
                              prov, errors)
+
+
+def rank_by_malignancy(predictions: Sequence[Any]) -> list[Any]:
+    """Predictions, highest malignancy score first (every breast, unknown side included); unscored last."""
+    return sorted(predictions, key=lambda p: -(malignancy_score(table_values(p)) or -1.0))
 
 
 def write_pictures_and_page(
@@ -107,7 +111,7 @@ def write_pictures_and_page(
     max_pictures: int | None = None,
 ) -> Path:
     """Write the per-exam PNGs (highest scores first, at most ``max_pictures``) and ``index.html``."""
-    ordered = sorted(predictions, key=lambda p: -(malignancy_score(table_values(p)) or -1.0))
+    ordered = rank_by_malignancy(predictions)
     pictures = {pred.exam_id: draw_exam_pictures(pred, out) for rank, pred in enumerate(ordered)
                 if max_pictures is None or rank < max_pictures}
     return write_page(out, predictions, pictures, errors, columns, provenance)

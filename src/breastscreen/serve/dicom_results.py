@@ -96,7 +96,8 @@ def build_report(values: dict[str, float | None], sources: Sequence[Any], sides:
     algorithm = hd.sr.AlgorithmIdentification(
         name=model.name[:64], version=model.version[:64], parameters=[model.notice[:1024]])
     groups = []
-    for side, word in (("L", "left"), ("R", "right"), ("U", "unknown")):
+    for side, word, name in (("L", "left", "left breast"), ("R", "right", "right breast"),
+                             ("U", "unknown", "breast of unknown side")):
         malignant, benign = values.get(f"{word}_malignant"), values.get(f"{word}_benign")
         if malignant is None and benign is None:
             continue  # no image of this breast: no numbers to report
@@ -112,8 +113,7 @@ def build_report(values: dict[str, float | None], sources: Sequence[Any], sides:
                 finding_sites=[site]))
         breast_sources = [s for s, sd in zip(sources, sides) if (sd or "U") == side]
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=hd.UID(), identifier="breast of unknown side" if side == "U" else f"{word} breast"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name),
             finding_type=codes.SCT.Breast,
             algorithm_id=algorithm,
             finding_sites=[site],
